@@ -27,6 +27,7 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--corpus", default="stdlib", help="'stdlib' (default), a text file, a directory or a glob")
     p.add_argument("--tokenizer", default="char", choices=("char", "byte", "word"))
     p.add_argument("--max-words", type=int, default=10000, help="word tokenizer vocabulary size")
+    p.add_argument("--max-vocab", type=int, default=0, help="char tokenizer: keep the N-1 most frequent (0 = all)")
     p.add_argument("--max-chars", type=int, default=0, help="read at most this many corpus characters (0 = all)")
     p.add_argument("--cell", default="lstm", help=f"one of: {', '.join(CELLS)}")
     p.add_argument("--layers", type=int, default=1)
@@ -47,6 +48,7 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--eval-tokens", type=int, default=50_000, help="validation tokens per periodic check")
     p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--threads", type=int, default=0, help="threads sharing each batch (0 = one per core)")
     p.add_argument("--out", required=True, help="run directory to create")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -100,6 +102,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         corpus=a.corpus,
         tokenizer=a.tokenizer,
         max_words=a.max_words,
+        max_vocab=a.max_vocab,
         max_chars=a.max_chars,
         batch=a.batch,
         seq_len=a.seq_len,
@@ -114,6 +117,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         eval_every=a.eval_every,
         eval_tokens=a.eval_tokens,
         checkpoint_every=a.checkpoint_every,
+        threads=a.threads,
     )
     out = Path(a.out)
     has_run = (out / CHECKPOINT).exists() or (out / CONFIG).exists()
@@ -126,7 +130,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     elif out.exists() and not out.is_dir():
         raise ConfigError(f"out: {str(out)!r} exists and is not a directory")
     corpus = load_corpus(tc.corpus, max_chars=tc.max_chars or None)
-    tok = resume.tokenizer if resume else make_tokenizer(tc.tokenizer, corpus.train, max_words=tc.max_words)
+    if resume is not None:
+        tok = resume.tokenizer
+    else:
+        tok = make_tokenizer(tc.tokenizer, corpus.train, tc.max_words, tc.max_vocab)
     assert tok is not None
     cfg = ModelConfig(
         cell=a.cell,
@@ -181,7 +188,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def _check_resume(saved: dict[str, Any], tc: Any) -> None:
-    for key in ("corpus", "tokenizer", "max_words", "max_chars", "batch", "seq_len"):
+    for key in ("corpus", "tokenizer", "max_words", "max_vocab", "max_chars", "batch", "seq_len", "threads"):
         if key in saved and saved[key] != getattr(tc, key):
             raise CheckpointError(f"resume: {key} is {saved[key]!r} in the checkpoint, {getattr(tc, key)!r} requested")
 

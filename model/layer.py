@@ -12,7 +12,8 @@ Backward walks t = T-1 .. 0 carrying dh and dc along time (the cell path include
 error that arrives from above (the head or the next layer): dh_t = dH_t + (dh from step t+1).
 
 The cells work on contiguous per-step buffers: elementwise kernels on a strided ``[:, t, :]`` slice (rows of B
-floats) run 3-4x slower, so only the input term is read from, and ``dax`` written to, the strided stacks.
+floats) run 3-4x slower, so the input term and ``dax`` live in time-major ``[T, G*H, B]`` copies, transposed
+once per sequence.
 """
 
 from __future__ import annotations
@@ -27,62 +28,62 @@ from model.cells.base import Array, Cell, Params
 
 @dataclass
 class LayerCache:
-    """What backward needs: the inputs, every state, the per-step cell caches."""
+    """What backward needs: the layer input (None when the caller projected it), every state, the step caches."""
 
-    X: Array  # [X, T, B] layer input
+    X: Array | None  # [X, T, B] layer input
     Hs: Array  # [H, T+1, B] h_0 .. h_T
     caches: list[Any]
 
 
-def layer_forward(
-    cell: Cell, p: Params, X: Array, h0: Array, c0: Array | None
-) -> tuple[Array, Array | None, LayerCache]:
-    """Run the layer over ``X`` ``[X, T, B]`` from ``h0`` (and ``c0``) ``[H, B]``.
+def recur_forward(
+    cell: Cell, p: Params, AX: Array, h0: Array, c0: Array | None
+) -> tuple[Array, Array | None, list[Any]]:
+    """The recurrence alone, from the input term ``AX = W X + b`` ``[G*H, T, B]`` and ``h0`` (``c0``) ``[H, B]``.
 
-    Returns ``(Hs, c_T, cache)``: ``Hs`` ``[H, T+1, B]`` holds h_0 .. h_T (``Hs[:, 1:]`` is the output
+    Returns ``(Hs, c_T, caches)``: ``Hs`` ``[H, T+1, B]`` holds h_0 .. h_T (``Hs[:, 1:]`` is the output
     sequence, ``Hs[:, -1]`` the final state).
     """
-    Xd, T, B = X.shape
+    _, T, B = AX.shape
     H = h0.shape[0]
-    AX = (p["W"] @ X.reshape(Xd, T * B)).reshape(-1, T, B)
-    AX += p["b"][:, None, None]
+    AXt = np.ascontiguousarray(AX.transpose(1, 0, 2))  # [T, G*H, B]: one copy beats T strided reads
     Hs = np.empty((H, T + 1, B), dtype=AX.dtype)
     Hs[:, 0] = h0
     h, c = Hs[:, 0], c0
     caches = []
     for t in range(T):
-        h, c, cache = cell.forward(p, AX[:, t], h, c)
+        h, c, cache = cell.forward(p, AXt[t], h, c)
         Hs[:, t + 1] = h
         caches.append(cache)
-    return Hs, c, LayerCache(X, Hs, caches)
+    return Hs, c, caches
 
 
-def layer_backward(
-    cell: Cell, p: Params, cache: LayerCache, dH: Array, dhT: Array | None, dcT: Array | None
+def recur_backward(
+    cell: Cell, p: Params, Hs: Array, caches: list[Any], dH: Array, dhT: Array | None, dcT: Array | None
 ) -> tuple[Array, Array, Array | None, Params]:
-    """Exact BPTT through the layer.
+    """Exact BPTT through the recurrence.
 
     Args:
         dH: ``[H, T, B]`` loss gradient w.r.t. each output h_1 .. h_T (from the head or the layer above).
         dhT, dcT: ``[H, B]`` gradient w.r.t. the final state (None = 0).
 
-    Returns ``(dX [X, T, B], dh0 [H, B], dc0 [H, B] or None, grads)`` with ``grads`` keyed like ``p``.
+    Returns ``(dAX [G*H, T, B], dh0 [H, B], dc0 [H, B] or None, grads)``; ``grads`` holds ``R`` and the
+    cell's vector parameters (not ``W`` and ``b``, which follow from ``dAX``).
     """
-    X, Hs, caches = cache.X, cache.Hs, cache.caches
-    Xd, T, B = X.shape
-    H = Hs.shape[0]
-    GH = p["W"].shape[0]
-    dAX = np.empty((GH, T, B), dtype=Hs.dtype)
+    H, T1, B = Hs.shape
+    T = T1 - 1
+    GH = p["R"].shape[0]
+    dAXt = np.empty((T, GH, B), dtype=Hs.dtype)  # per-step rows contiguous; transposed once at the end
+    dHt = np.ascontiguousarray(dH.transpose(1, 0, 2))
     dh = np.zeros((H, B), dtype=Hs.dtype) if dhT is None else dhT.copy()
     dc = dcT
     if cell.has_c and dc is None:
         dc = np.zeros((H, B), dtype=Hs.dtype)
-    grads: Params = {k: np.zeros_like(v) for k, v in p.items()}
+    grads: Params = {k: np.zeros_like(v) for k, v in p.items() if k not in ("W", "b")}
     stacks: list[tuple[Array | None, Array | None]] = []
+    rec: tuple[Any, ...] = ()
     for t in range(T - 1, -1, -1):
-        dh += dH[:, t]
-        dax, dh, dc, rec, vec = cell.backward(p, caches[t], dh, dc)
-        dAX[:, t] = dax
+        dh += dHt[t]
+        _, dh, dc, rec, vec = cell.backward(p, caches[t], dh, dc, dax=dAXt[t])
         if not stacks:  # first step seen: allocate a stack for every explicit term
             stacks = [
                 (
@@ -98,13 +99,40 @@ def layer_backward(
                 os_[:, t] = o
         for k, v in vec.items():
             grads[k] += v
+    dAX = np.ascontiguousarray(dAXt.transpose(1, 0, 2))
     dAX2 = dAX.reshape(GH, T * B)
-    grads["W"] = dAX2 @ X.reshape(Xd, T * B).T
-    grads["b"] = dAX2.sum(axis=1)
     Hprev = Hs[:, :T].reshape(H, T * B)
     for (rows, _, _), (ds, os_) in zip(rec, stacks, strict=True):
         d2 = dAX2[rows] if ds is None else ds.reshape(-1, T * B)
         o2 = Hprev if os_ is None else os_.reshape(-1, T * B)
         grads["R"][rows] += d2 @ o2.T
+    return dAX, dh, dc, grads
+
+
+def layer_forward(
+    cell: Cell, p: Params, X: Array, h0: Array, c0: Array | None
+) -> tuple[Array, Array | None, LayerCache]:
+    """Run the layer over ``X`` ``[X, T, B]``: ``AX = W X + b`` in one GEMM, then :func:`recur_forward`."""
+    Xd, T, B = X.shape
+    AX = (p["W"] @ X.reshape(Xd, T * B)).reshape(-1, T, B)
+    AX += p["b"][:, None, None]
+    Hs, cT, caches = recur_forward(cell, p, AX, h0, c0)
+    return Hs, cT, LayerCache(X, Hs, caches)
+
+
+def layer_backward(
+    cell: Cell, p: Params, cache: LayerCache, dH: Array, dhT: Array | None, dcT: Array | None
+) -> tuple[Array, Array, Array | None, Params]:
+    """Exact BPTT through the layer (:func:`recur_backward`, then the projection's gradients).
+
+    Returns ``(dX [X, T, B], dh0 [H, B], dc0 [H, B] or None, grads)`` with ``grads`` keyed like ``p``.
+    """
+    X = cache.X
+    assert X is not None
+    Xd, T, B = X.shape
+    dAX, dh, dc, grads = recur_backward(cell, p, cache.Hs, cache.caches, dH, dhT, dcT)
+    dAX2 = dAX.reshape(-1, T * B)
+    grads["W"] = dAX2 @ X.reshape(Xd, T * B).T
+    grads["b"] = dAX2.sum(axis=1)
     dX = (p["W"].T @ dAX2).reshape(Xd, T, B)
     return dX, dh, dc, grads

@@ -29,9 +29,12 @@ import numpy as np
 from model.cells import get_cell
 from model.cells.base import Array, Params
 from model.config import ModelConfig
-from model.layer import LayerCache, layer_backward, layer_forward
+from model.layer import LayerCache, layer_backward, layer_forward, recur_backward, recur_forward
 
 State = list[tuple[Array, Array | None]]
+
+#: Fold the embedding into layer 0's input projection when a batch has at most this many distinct tokens.
+FOLD_MAX_UNIQUE = 256
 
 
 def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -89,6 +92,7 @@ class Forward:
     inputs: Array
     layers: list[LayerCache] = field(default_factory=list)
     masks: list[Array | None] = field(default_factory=list)
+    fold: tuple[Array, Array] | None = None  # (distinct ids u [U], inverse index [T*B]) when folded
 
 
 def embed_inputs(cfg: ModelConfig, p: Params, inputs: Array) -> Array:
@@ -112,22 +116,42 @@ def forward(
     the final state and the caches for :func:`backward`.
     """
     cell = get_cell(cfg.cell)
-    x = embed_inputs(cfg, p, inputs)
-    fwd = Forward(out=x, state=[], inputs=np.asarray(inputs))
+    fwd = Forward(out=np.empty(0), state=[], inputs=np.asarray(inputs))
+    x: Array | None = None
+    if cfg.token_input:
+        ids = fwd.inputs.T  # [T, B]
+        u, inv = np.unique(ids, return_inverse=True)
+        if len(u) <= FOLD_MAX_UNIQUE:
+            fwd.fold = (u, inv.reshape(-1))
+    if fwd.fold is None:
+        x = embed_inputs(cfg, p, inputs)
     for l in range(cfg.layers):
-        mask = None
-        if l > 0 and dropout_rng is not None and cfg.dropout > 0:
-            keep = 1.0 - cfg.dropout
-            mask = (dropout_rng.random(x.shape) < keep).astype(x.dtype) / x.dtype.type(keep)
-            x = x * mask
+        lp = layer_params(p, l)
         h0, c0 = state[l]
-        Hs, cT, cache = layer_forward(
-            cell, layer_params(p, l), x, np.ascontiguousarray(h0.T), None if c0 is None else c0.T.copy()
-        )
+        h0T, c0T = np.ascontiguousarray(h0.T), None if c0 is None else np.ascontiguousarray(c0.T)
+        mask = None
+        if l == 0 and fwd.fold is not None:
+            # the embedding folded into the input projection: AX = (W E^T + b)[:, ids], one small GEMM over
+            # the U distinct ids of the batch and a gather, instead of a GEMM over all T*B positions
+            u, inv = fwd.fold
+            tableT = lp["W"] @ p["embed"][u].T
+            tableT += lp["b"][:, None]
+            T, B = fwd.inputs.shape[1], fwd.inputs.shape[0]
+            AX = np.take(tableT, inv.reshape(T, B), axis=1)
+            Hs, cT, caches = recur_forward(cell, lp, AX, h0T, c0T)
+            cache = LayerCache(None, Hs, caches)
+        else:
+            assert x is not None
+            if l > 0 and dropout_rng is not None and cfg.dropout > 0:
+                keep = 1.0 - cfg.dropout
+                mask = (dropout_rng.random(x.shape) < keep).astype(x.dtype) / x.dtype.type(keep)
+                x = x * mask
+            Hs, cT, cache = layer_forward(cell, lp, x, h0T, c0T)
         fwd.layers.append(cache)
         fwd.masks.append(mask)
         fwd.state.append((np.ascontiguousarray(Hs[:, -1].T), None if cT is None else cT.T.copy()))
         x = Hs[:, 1:]
+    assert x is not None
     H, T, B = x.shape
     out = p["head/W"] @ x.reshape(H, T * B)
     out += p["head/b"][:, None]
@@ -189,14 +213,28 @@ def backward(
             dh_, dc_ = dstate[l]
             dhT = np.ascontiguousarray(dh_.T)
             dcT = None if dc_ is None else np.ascontiguousarray(dc_.T)
-        dx, dh0, dc0, g = layer_backward(cell, layer_params(p, l), fwd.layers[l], dx, dhT, dcT)
+        lp = layer_params(p, l)
+        if l == 0 and fwd.fold is not None:
+            dAX, dh0, dc0, g = recur_backward(cell, lp, fwd.layers[0].Hs, fwd.layers[0].caches, dx, dhT, dcT)
+            u, inv = fwd.fold
+            onehot = np.zeros((inv.size, len(u)), dtype=dAX.dtype)
+            onehot[np.arange(inv.size), inv] = 1.0
+            dtableT = dAX.reshape(dAX.shape[0], -1) @ onehot  # [G*H, U]: Σ of dAX over each id's positions
+            Eu = p["embed"][u]
+            g["W"] = dtableT @ Eu
+            g["b"] = dtableT.sum(axis=1)
+            dE = np.zeros_like(p["embed"])
+            dE[u] = (lp["W"].T @ dtableT).T
+            grads["embed"] = dE
+        else:
+            dx, dh0, dc0, g = layer_backward(cell, lp, fwd.layers[l], dx, dhT, dcT)
         for k, v in g.items():
             grads[f"layer{l}/{k}"] = v
         dstate0.insert(0, (dh0.T.copy(), None if dc0 is None else dc0.T.copy()))
         mask = fwd.masks[l]
         if mask is not None:
             dx = dx * mask
-    if cfg.token_input:
+    if cfg.token_input and fwd.fold is None:
         E = dx.shape[0]
         dE = np.zeros_like(p["embed"])
         np.add.at(dE, fwd.inputs.T.reshape(-1), dx.reshape(E, -1).T)

@@ -41,6 +41,22 @@ def dsigmoid(dy: Array, y: Array, out: Array) -> Array:
     return out
 
 
+def dsigmoid_(d: Array, y: Array) -> Array:
+    """d *= y * (1 - y) in place (backprop through y = σ(a) when d already holds dL/dy); returns ``d``."""
+    t = np.subtract(1.0, y)
+    t *= y
+    d *= t
+    return d
+
+
+def dtanh_(d: Array, y: Array) -> Array:
+    """d *= 1 - y² in place (backprop through y = tanh(a) when d already holds dL/dy); returns ``d``."""
+    t = np.multiply(y, y)
+    np.subtract(1.0, t, out=t)
+    d *= t
+    return d
+
+
 def dtanh(dy: Array, y: Array, out: Array) -> Array:
     """out = dy * (1 - y^2): backprop through y = tanh(a), given the output y."""
     np.multiply(y, y, out=out)

@@ -131,10 +131,20 @@ class CharTokenizer(Tokenizer):
         self._decode_table = np.concatenate([np.array([ord(REPLACEMENT)], dtype=np.uint32), codes])
 
     @classmethod
-    def fit(cls, text: str) -> CharTokenizer:
-        """The tokenizer of the sorted unique characters of ``text``; empty text raises DataError."""
+    def fit(cls, text: str, max_size: int = 0) -> CharTokenizer:
+        """The tokenizer of the sorted unique characters of ``text``; empty text raises DataError.
+
+        ``max_size`` > 0 keeps only the ``max_size - 1`` most frequent characters (ties by character), so
+        the vocabulary including ``<unk>`` has at most ``max_size`` ids; rarer ones become ``<unk>``.
+        """
         if not text:
             raise DataError("char tokenizer: training text is empty (0 characters)")
+        if max_size < 0 or max_size == 1:
+            raise ConfigError(f"max_vocab: must be 0 (all characters) or >= 2, got {max_size}")
+        if max_size and len(set(text)) >= max_size:
+            counts = Counter(text)
+            kept = sorted(counts, key=lambda ch: (-counts[ch], ch))[: max_size - 1]
+            return cls(sorted(kept))
         return cls(sorted(set(text)))
 
     @property
@@ -272,14 +282,16 @@ def tokenizer_from_dict(d: Any) -> Tokenizer:
     return WordTokenizer(vocab[1:])
 
 
-def make_tokenizer(kind: str, text: str, max_words: int = 10000) -> Tokenizer:
+def make_tokenizer(kind: str, text: str, max_words: int = 10000, max_chars: int = 0) -> Tokenizer:
     """A tokenizer of ``kind`` fitted on ``text`` (``byte`` needs no fitting and ignores it).
+
+    ``max_words`` bounds the word vocabulary; ``max_chars`` > 0 bounds the char vocabulary (``<unk>`` included).
 
     Unknown ``kind`` raises :class:`ConfigError` listing the valid kinds; empty ``text`` for ``char`` or
     ``word`` raises :class:`DataError`.
     """
     if kind == "char":
-        return CharTokenizer.fit(text)
+        return CharTokenizer.fit(text, max_chars)
     if kind == "byte":
         return ByteTokenizer()
     if kind == "word":

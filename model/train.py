@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from model import network, optim
 from model.checkpoint import METRICS, Run, save_checkpoint
@@ -28,6 +32,7 @@ from model.config import ModelConfig, from_dict
 from model.errors import ConfigError, TrainingDiverged
 from model.evaluate import evaluate, summary
 from model.network import State
+from model.parallel import sharded_grads
 from model.streams import make_streams, window
 
 
@@ -38,6 +43,7 @@ class TrainConfig:
     corpus: str = "stdlib"
     tokenizer: str = "char"
     max_words: int = 10000
+    max_vocab: int = 0  # char tokenizer: 0 = every character of the training text
     max_chars: int = 0  # 0 = the whole corpus
     batch: int = 32
     seq_len: int = 64
@@ -53,13 +59,14 @@ class TrainConfig:
     eval_tokens: int = 50_000
     log_every: int = 10
     checkpoint_every: int = 500
+    threads: int = 0  # batch shards run on this many threads (0 = one per CPU core)
 
     def __post_init__(self) -> None:
         for name in ("batch", "seq_len"):
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0:
                 raise ConfigError(f"{name}: must be a positive integer, got {v!r}")
-        for name in ("steps", "max_chars", "warmup", "eval_tokens", "max_words"):
+        for name in ("steps", "max_chars", "warmup", "eval_tokens", "max_words", "max_vocab", "threads"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
                 raise ConfigError(f"{name}: must be a non-negative integer, got {v!r}")
@@ -183,47 +190,51 @@ def train(
         )
         return nats
 
-    while not done():
-        total = tc.steps
-        if budget:  # schedule by whichever bound is nearer: steps, or wall time spent
-            frac = max(step / tc.steps if tc.steps else 0.0, (time.perf_counter() - t0) / budget)
-            total = round(step / frac) if frac > 0 else tc.warmup + 1
-        lr = optim.lr_at(step, tc.lr, tc.warmup, total, tc.min_lr_frac)
-        x, y, nxt = window(S, pos, tc.seq_len)
-        fwd = network.forward(cfg, params, x, state, dropout_rng=rng if cfg.dropout > 0 else None)
-        loss, dout = network.loss_and_dout(cfg, fwd.out, y, None)
-        grads, _ = network.backward(cfg, params, fwd, dout)
-        norm = optim.clip_by_global_norm(grads, tc.clip)
-        if not (math.isfinite(loss) and math.isfinite(norm)):
-            raise TrainingDiverged(
-                f"step {step}: loss {loss} / gradient norm {norm} is not finite; the last good checkpoint "
-                f"is kept in {run_dir}; try a lower --lr or --clip"
-            )
-        optim.step(oc, params, grads, opt_state, lr)
-        state = network.zero_state(cfg, tc.batch) if nxt == 0 else fwd.state
-        pos, step, tokens = nxt, step + 1, tokens + x.size
-        train_loss = loss
-        win_tokens += x.size
-        if step % tc.log_every == 0 or done():
-            now = time.perf_counter()
-            log(
-                {
-                    "step": step,
-                    "tokens": tokens,
-                    "elapsed_s": now - t0,
-                    "loss": loss,
-                    "lr": lr,
-                    "grad_norm": norm,
-                    "tokens_per_s": win_tokens / max(now - win_t, 1e-9),
-                }
-            )
-            win_t, win_tokens = now, 0
-        if step % tc.eval_every == 0 and not done():
-            val_nats = run_eval(tc.eval_tokens)
-        if step % tc.checkpoint_every == 0:
-            checkpoint()
-    val_nats = run_eval(0)
-    checkpoint()
+    threads = min(tc.threads or os.cpu_count() or 1, tc.batch)
+    with ExitStack() as stack:
+        pool = stack.enter_context(ThreadPoolExecutor(threads)) if threads > 1 else None
+        if threads > 1:  # each shard runs single-threaded BLAS on its own core
+            stack.enter_context(threadpool_limits(1))
+        while not done():
+            total = tc.steps
+            if budget:  # schedule by whichever bound is nearer: steps, or wall time spent
+                frac = max(step / tc.steps if tc.steps else 0.0, (time.perf_counter() - t0) / budget)
+                total = round(step / frac) if frac > 0 else tc.warmup + 1
+            lr = optim.lr_at(step, tc.lr, tc.warmup, total, tc.min_lr_frac)
+            x, y, nxt = window(S, pos, tc.seq_len)
+            drop_rng = rng if cfg.dropout > 0 else None
+            loss, grads, new_state = sharded_grads(cfg, params, x, y, state, pool, threads, rng=drop_rng)
+            norm = optim.clip_by_global_norm(grads, tc.clip)
+            if not (math.isfinite(loss) and math.isfinite(norm)):
+                raise TrainingDiverged(
+                    f"step {step}: loss {loss} / gradient norm {norm} is not finite; the last good checkpoint "
+                    f"is kept in {run_dir}; try a lower --lr or --clip"
+                )
+            optim.step(oc, params, grads, opt_state, lr)
+            state = network.zero_state(cfg, tc.batch) if nxt == 0 else new_state
+            pos, step, tokens = nxt, step + 1, tokens + x.size
+            train_loss = loss
+            win_tokens += x.size
+            if step % tc.log_every == 0 or done():
+                now = time.perf_counter()
+                log(
+                    {
+                        "step": step,
+                        "tokens": tokens,
+                        "elapsed_s": now - t0,
+                        "loss": loss,
+                        "lr": lr,
+                        "grad_norm": norm,
+                        "tokens_per_s": win_tokens / max(now - win_t, 1e-9),
+                    }
+                )
+                win_t, win_tokens = now, 0
+            if step % tc.eval_every == 0 and not done():
+                val_nats = run_eval(tc.eval_tokens)
+            if step % tc.checkpoint_every == 0:
+                checkpoint()
+        val_nats = run_eval(0)
+        checkpoint()
     return TrainResult(step, tokens, train_loss, val_nats, (time.perf_counter() - t0) / 60.0)
 
 

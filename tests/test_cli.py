@@ -91,7 +91,8 @@ def test_divergence_keeps_last_good_checkpoint(
         return (float("nan"), d) if calls["n"] == 6 else (loss, d)
 
     monkeypatch.setattr(network, "loss_and_dout", poisoned)
-    assert _train(corpus, out, "--steps", "10", "--checkpoint-every", "2", "--eval-every", "100") == 2
+    args = ("--steps", "10", "--checkpoint-every", "2", "--eval-every", "100", "--threads", "1")
+    assert _train(corpus, out, *args) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(err) == 1 and "not finite" in err[0] and "last good checkpoint" in err[0]
     run = load_run(out)

@@ -137,3 +137,24 @@ def test_param_names_and_shapes(rng: np.random.Generator) -> None:
     assert shapes == {k: v.shape for k, v in N.init_params(cfg, rng).items()}
     assert shapes["embed"] == (9, 4) and shapes["layer0/W"] == (24, 4) and shapes["layer1/W"] == (24, 6)
     assert shapes["layer0/P"] == (18,) and shapes["head/W"] == (9, 6)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_folded_and_plain_embedding_paths_agree(
+    cell: str, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Layer 0's input projection folded with the embedding (few distinct ids) equals the plain GEMM path."""
+    cfg = ModelConfig(cell=cell, layers=2, hidden=6, vocab_size=30, embed=5)
+    p = N.init_params(cfg, rng, np.float64)
+    x, y = rng.integers(0, 30, (4, 9)), rng.integers(0, 30, (4, 9))
+    results = []
+    for limit in (N.FOLD_MAX_UNIQUE, 0):
+        monkeypatch.setattr(N, "FOLD_MAX_UNIQUE", limit)
+        f = N.forward(cfg, p, x, N.zero_state(cfg, 4, np.float64))
+        assert (f.fold is not None) == (limit > 0)
+        _, dout = N.loss_and_dout(cfg, f.out, y, None)
+        results.append((f.out, N.backward(cfg, p, f, dout)[0]))
+    (o1, g1), (o2, g2) = results
+    np.testing.assert_allclose(o1, o2, rtol=0, atol=1e-12)
+    for k in g1:
+        np.testing.assert_allclose(g1[k], g2[k], rtol=0, atol=1e-12, err_msg=k)

@@ -159,3 +159,14 @@ def test_empty_training_text_is_a_data_error(kind: str) -> None:
 def test_bad_max_words() -> None:
     with pytest.raises(ConfigError, match=r"max_words: .* got 0"):
         make_tokenizer("word", SAMPLE, max_words=0)
+
+
+def test_char_vocabulary_can_be_capped() -> None:
+    from model.tokenizers import CharTokenizer
+
+    tok = CharTokenizer.fit("aaaabbbccd", max_size=3)  # <unk> + the two most frequent
+    assert tok.vocab_size == 3
+    assert tok.decode(tok.encode("abcd")) == "ab\ufffd\ufffd"
+    assert CharTokenizer.fit("abc", max_size=10).vocab_size == 4
+    with pytest.raises(ConfigError, match="max_vocab: must be 0"):
+        CharTokenizer.fit("abc", max_size=1)

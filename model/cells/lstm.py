@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from model.cells.base import Array, Params, RecTerm, uniform_init
-from model.nonlin import dsigmoid, dtanh, sigmoid_, tanh_
+from model.nonlin import dsigmoid_, dtanh_, sigmoid_, tanh_
 
 
 @dataclass(frozen=True)
@@ -106,50 +106,56 @@ class LSTMCell:
     def backward(
         self, p: Params, cache: Any, dh2: Array, dc2: Array | None, dax: Array | None = None
     ) -> tuple[Array, Array, Array, tuple[RecTerm, ...], dict[str, Array]]:
-        """Backprop one step: dh', dc' ``[H, B]`` -> dax ``[G*H, B]``, dh, dc ``[H, B]``, R terms, P grad."""
+        """Backprop one step: dh', dc' ``[H, B]`` -> dax ``[G*H, B]``, dh, dc ``[H, B]``, R terms, P grad.
+
+        The errors arriving at each gate output are written into their ``dax`` blocks first; the activation
+        derivatives are then applied over the contiguous sigmoid blocks at once (fewer, larger kernels).
+        """
         a, c, c2, tc = cache
         H = c.shape[0]
+        S = 2 * H if self.cifg else 3 * H  # rows of the sigmoid gates (i, o[, f])
+        gb = slice(S, S + H)  # the candidate block
         if dax is None:
             dax = np.empty_like(a)
-        o = a[H : 2 * H]
-        tmp = np.empty_like(c)
-        # output gate and the cell error
-        np.multiply(dh2, tc, out=tmp)
-        da_o = dsigmoid(tmp, o, out=dax[H : 2 * H])
-        np.multiply(dh2, o, out=tmp)
-        dc = dtanh(tmp, tc, out=np.empty_like(c))
+        i, o, g = a[:H], a[H : 2 * H], a[gb]
+        # error at o (upstream of its sigmoid) and the cell error dc
+        np.multiply(dh2, tc, out=dax[H : 2 * H])
+        dc = dh2 * o
+        t = tc * tc
+        np.subtract(1.0, t, out=t)
+        dc *= t
         if dc2 is not None:
             dc += dc2
         vec: dict[str, Array] = {}
-        if self.peephole:
+        if self.peephole:  # o sees c': its error flows into dc before the other gates read it
             P = p["P"]
+            da_o = dsigmoid_(dax[H : 2 * H], o)
             dc += P[H : 2 * H, None] * da_o
             dP = np.empty(3 * H, dtype=a.dtype)
             dP[H : 2 * H] = np.einsum("hb,hb->h", da_o, c2)
             vec["P"] = dP
+        # errors at i, f, c~ (upstream of their activations)
         if self.cifg:
-            i, g = a[:H], a[2 * H :]
-            np.multiply(dc, i, out=tmp)
-            dtanh(tmp, g, out=dax[2 * H :])
-            np.subtract(g, c, out=tmp)
-            tmp *= dc
-            dsigmoid(tmp, i, out=dax[:H])
-            dc_prev = dc - dc * i
+            np.subtract(g, c, out=dax[:H])  # f = 1 - i: dL/di = dc (c~ - c)
+            dax[:H] *= dc
         else:
-            i, f, g = a[:H], a[2 * H : 3 * H], a[3 * H :]
-            np.multiply(dc, i, out=tmp)
-            dtanh(tmp, g, out=dax[3 * H :])
-            np.multiply(dc, g, out=tmp)
-            da_i = dsigmoid(tmp, i, out=dax[:H])
-            np.multiply(dc, c, out=tmp)
-            da_f = dsigmoid(tmp, f, out=dax[2 * H : 3 * H])
-            dc_prev = dc * f
-            if self.peephole:
-                P = p["P"]
-                dc_prev += P[:H, None] * da_i
-                dc_prev += P[2 * H :, None] * da_f
-                dP[:H] = np.einsum("hb,hb->h", da_i, c)
-                dP[2 * H :] = np.einsum("hb,hb->h", da_f, c)
+            np.multiply(dc, g, out=dax[:H])
+            np.multiply(dc, c, out=dax[2 * H : 3 * H])
+        np.multiply(dc, i, out=dax[gb])
+        # activation derivatives: σ' = s (1 - s) over the sigmoid rows, tanh' = 1 - c~² over the candidate
+        if self.peephole:
+            dsigmoid_(dax[:H], i)
+            dsigmoid_(dax[2 * H : 3 * H], a[2 * H : 3 * H])
+        else:
+            dsigmoid_(dax[:S], a[:S])
+        dtanh_(dax[gb], g)
+        dc_prev = dc - dc * i if self.cifg else dc * a[2 * H : 3 * H]
+        if self.peephole:
+            P = p["P"]
+            dc_prev += P[:H, None] * dax[:H]
+            dc_prev += P[2 * H :, None] * dax[2 * H : 3 * H]
+            dP[:H] = np.einsum("hb,hb->h", dax[:H], c)
+            dP[2 * H :] = np.einsum("hb,hb->h", dax[2 * H : 3 * H], c)
         dh = p["R"].T @ dax
         return dax, dh, dc_prev, ((slice(None), None, None),), vec
 

@@ -1,0 +1,89 @@
+"""The loss and gradient of one batch, optionally sharded over threads along the batch axis.
+
+NumPy releases the GIL inside its ufunc loops and BLAS calls, so S threads, each running the full forward and
+backward pass on B/S of the batch rows with single-threaded BLAS, use S cores for the elementwise gate math as
+well as for the GEMMs (multi-threaded BLAS alone leaves the elementwise kernels, about half of a step at
+H=256, on one core). The result is the unsharded one up to float summation order::
+
+    L = Σ_s (n_s / N) L_s          ∇L = Σ_s (n_s / N) ∇L_s        (n_s = Σ of shard s's weights)
+
+Dropout masks come from one generator per shard, seeded from the caller's generator, so a run is
+reproducible regardless of thread timing.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+from typing import Any
+
+import numpy as np
+
+from model import network
+from model.config import ModelConfig
+from model.network import Params, State
+
+
+def batch_grads(
+    cfg: ModelConfig,
+    p: Params,
+    x: np.ndarray,
+    y: np.ndarray,
+    state: State,
+    weights: np.ndarray | None = None,
+    dropout_rng: np.random.Generator | None = None,
+) -> tuple[float, float, Params, State]:
+    """Forward, loss and BPTT for one batch: ``(loss, weight_sum, grads, final_state)``."""
+    fwd = network.forward(cfg, p, x, state, dropout_rng=dropout_rng)
+    loss, dout = network.loss_and_dout(cfg, fwd.out, y, weights)
+    grads, _ = network.backward(cfg, p, fwd, dout)
+    wsum = float(np.prod(y.shape[:2])) if weights is None else float(np.sum(weights))
+    return loss, wsum, grads, fwd.state
+
+
+def sharded_grads(
+    cfg: ModelConfig,
+    p: Params,
+    x: np.ndarray,
+    y: np.ndarray,
+    state: State,
+    pool: Executor | None,
+    shards: int,
+    weights: np.ndarray | None = None,
+    rng: np.random.Generator | None = None,
+) -> tuple[float, Params, State]:
+    """:func:`batch_grads` over ``shards`` contiguous row blocks run on ``pool``; ``(loss, grads, state)``.
+
+    ``rng`` (given only when training with dropout) seeds one generator per shard.
+    """
+    B = x.shape[0]
+    shards = max(1, min(shards, B))
+    if shards == 1 or pool is None:
+        loss, _, grads, final = batch_grads(cfg, p, x, y, state, weights, rng)
+        return loss, grads, final
+    bounds = np.linspace(0, B, shards + 1).astype(int)
+    rngs: list[Any] = [None] * shards
+    if rng is not None:
+        rngs = [np.random.default_rng(s) for s in rng.integers(0, 2**63 - 1, size=shards)]
+    futures = []
+    for s in range(shards):
+        a, b = bounds[s], bounds[s + 1]
+        sub_state = [(h[a:b], None if c is None else c[a:b]) for h, c in state]
+        futures.append(
+            pool.submit(
+                batch_grads, cfg, p, x[a:b], y[a:b], sub_state, None if weights is None else weights[a:b], rngs[s]
+            )
+        )
+    results = [f.result() for f in futures]
+    total = sum(r[1] for r in results)
+    loss = sum(r[0] * r[1] for r in results) / total
+    grads = {k: np.zeros_like(v) for k, v in p.items()}
+    for _, wsum, g, _ in results:
+        scale = wsum / total
+        for k, v in g.items():
+            grads[k] += v * v.dtype.type(scale)
+    new_state: State = []
+    for l in range(cfg.layers):
+        hs = [r[3][l][0] for r in results]
+        cs = [r[3][l][1] for r in results]
+        new_state.append((np.concatenate(hs), None if cs[0] is None else np.concatenate(cs)))  # type: ignore[arg-type]
+    return loss, grads, new_state
