@@ -1,4 +1,4 @@
-"""The ``seqpred`` command line: train, eval, sample, export.
+"""The ``seqpred`` command line: train, eval, sample, export; serve, client and score (from ``service``).
 
 Every user error (bad flag value, missing corpus, corrupt checkpoint, ...) ends with one line
 ``seqpred: error: ...`` on stderr and exit code 2, before anything on disk is touched.
@@ -82,13 +82,26 @@ def _add_export(sub: Any) -> None:
     p.add_argument("run_dir")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
+
+
+#: Subcommands that live in the service package and parse their own flags (``seqpred NAME --help``).
+SERVICE_COMMANDS = {
+    "serve": ("service.cli", "main_serve", "run the gRPC streaming server"),
+    "client": ("service.cli", "main_client", "stream text to a server and show its predictions"),
+    "score": ("service.scoring", "main_score", "score sequences offline with sequence.onnx"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="seqpred", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="seqpred", description="Train, export, serve and score recurrent sequence models."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_eval, _add_sample, _add_export):
         add(sub)
+    for name, (_, _, text) in SERVICE_COMMANDS.items():
+        sub.add_parser(name, add_help=False, help=f"{text} (seqpred {name} --help)")
     return parser
 
 
@@ -258,7 +271,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from model.export import export_run
 
-    path = export_run(a.run_dir, a.out, precision=a.precision)
+    path = export_run(a.run_dir, a.out, precision=a.precision, overwrite=a.overwrite)
     print(f"exported {a.run_dir} -> {path}")
     return 0
 
@@ -267,6 +280,13 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "export"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] and args_list[0] in SERVICE_COMMANDS:
+        import importlib
+
+        module, func, _ = SERVICE_COMMANDS[args_list[0]]
+        entry = getattr(importlib.import_module(module), func)
+        return int(entry(args_list[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
