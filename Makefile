@@ -6,9 +6,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
-RUN_DIR ?= runs/quickstart
+PORT   ?= 50051
 
-.PHONY: install run test test-slow lint typecheck bench clean
+.PHONY: install run train-demo test test-slow lint typecheck proto proto-check bench docker clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,11 +18,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Until the service exists: train a small model on the default corpus (the Python standard library's own
-# sources) for about a minute, then print a sample from it.
+# Serve the shipped default model (service/default_model: a char LSTM trained on Python's stdlib) on $(PORT).
+# Talk to it with: .venv/bin/seqpred client "def __init__(self"
 run: $(STAMP)
-	$(VENV)/bin/seqpred train --corpus stdlib --minutes 1 --out $(RUN_DIR) --overwrite
-	$(VENV)/bin/seqpred sample $(RUN_DIR) --prompt "def __init__(self" --length 300
+	$(VENV)/bin/seqpred serve --port $(PORT)
+
+# Train a small model on the default corpus for about a minute and print a sample from it.
+train-demo: $(STAMP)
+	$(VENV)/bin/seqpred train --corpus stdlib --max-vocab 128 --minutes 1 --out runs/demo --overwrite
+	$(VENV)/bin/seqpred sample runs/demo --prompt "def __init__(self" --length 300
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
@@ -36,6 +40,24 @@ test: lint typecheck
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
+
+# Regenerate the gRPC stubs in service/_proto from proto/ (never edit them by hand).
+proto: $(STAMP)
+	$(PY) -m service.gen_proto
+
+proto-check: $(STAMP)
+	$(PY) -m service.gen_proto --check
+
+bench: $(STAMP)
+	@echo "benchmarks (each prints a table; --json adds one JSON object on the last line):"
+	@echo "  $(PY) bench/train_speed.py   # NumPy trainer vs PyTorch nn.LSTM (needs torch==2.13.0)"
+	@echo "  $(PY) bench/quality.py       # Tiny Shakespeare recipe, validation nats/char in 10 minutes"
+	@echo "  $(PY) bench/export_speed.py  # sequence.onnx / step.onnx vs onnxruntime's native LSTM op"
+	@echo "  $(PY) bench/serve_load.py    # gRPC service vs a bare grpc.aio echo server"
+	@echo "  $(PY) bench/score_speed.py   # offline scoring vs PyTorch and the native op"
+
+docker:
+	docker build -t seqpred .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

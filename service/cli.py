@@ -1,0 +1,224 @@
+"""Command-line entry points: ``seqpred serve`` (:func:`main_serve`) and ``seqpred client`` (:func:`main_client`).
+
+Both take ``argv`` without the sub-command name and return an exit code: 0, 2 for a user error (one line
+``seqpred: error: ...`` on stderr, like the rest of the ``seqpred`` CLI), 1 when the server cannot be reached,
+130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from model.errors import SeqpredError
+from service import settings as settings_mod
+
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 1
+
+
+def serve_parser(prog: str = "seqpred serve") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Serve a model directory over gRPC (streaming sessions, health, reflection, metrics). "
+        "Every flag can also be set by its SEQPRED_* environment variable.",
+    )
+    settings_mod.add_arguments(p)
+    return p
+
+
+def main_serve(argv: Sequence[str] | None = None) -> int:
+    """``seqpred serve [--model DIR] [--port N] ...``: run until SIGTERM/SIGINT, then drain gracefully."""
+    args = serve_parser().parse_args(argv)
+    try:
+        settings = settings_mod.from_namespace(args)
+        from service.server import configure_logging, load_runtime, serve
+
+        configure_logging(settings.log_level, settings.log_format)
+        runtime = load_runtime(settings)  # before the loop starts: a bad --model fails fast, in one line
+        asyncio.run(serve(settings, runtime))
+    except SeqpredError as e:
+        print(f"seqpred: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def client_parser(prog: str = "seqpred client") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Talk to a seqpred server. With TEXT: stream it into a new session and print the next-token "
+        "predictions. Without TEXT: an interactive mode that shows predictions and a completion as you type "
+        "(per keystroke on a terminal, per line otherwise).",
+    )
+    p.add_argument("text", nargs="?", default=None, metavar="TEXT", help="text to feed")
+    p.add_argument(
+        "--target",
+        default=os.environ.get("SEQPRED_TARGET", "localhost:50051"),
+        help="server HOST:PORT (env SEQPRED_TARGET; default localhost:50051)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--top-k", type=int, default=5, help="how many next-token predictions to show (default 5)")
+    p.add_argument("--generate", type=int, default=0, help="also generate this many tokens (TEXT mode)")
+    p.add_argument("--complete", type=int, default=20, help="completion length in interactive mode (0 = none)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy, the default)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server")
+    return p
+
+
+def _shown(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)[1:-1]
+
+
+def main_client(argv: Sequence[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    """``seqpred client --target HOST:PORT [--json] [TEXT]``."""
+    import grpc
+
+    from service.client import Client, RequestError
+
+    args = client_parser().parse_args(argv)
+    out = stdout or sys.stdout
+    if args.top_k < 0 or args.generate < 0 or args.complete < 0 or args.temperature < 0:
+        print("seqpred: error: --top-k, --generate, --complete and --temperature must be >= 0", file=sys.stderr)
+        return EXIT_USAGE
+    client = Client(args.target, timeout=args.timeout)
+    try:
+        try:
+            client.wait_ready(args.timeout)
+        except grpc.FutureTimeoutError:
+            print(f"seqpred: error: no seqpred server answers at {args.target}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        if args.text is not None:
+            return _one_shot(client, args, out)
+        return _interactive(client, args, stdin or sys.stdin, out)
+    except RequestError as e:
+        print(f"seqpred: error: {e.code.name}: {e.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        client.close()
+
+
+def _one_shot(client: Any, args: argparse.Namespace, out: TextIO) -> int:
+    kw: dict[str, Any] = {"top_k": args.top_k, "end": True}
+    if args.generate:
+        kw.update(generate=args.generate, temperature=args.temperature, seed=args.seed)
+    with client.session() as s:
+        res = s.request(_req(args.text, **kw))
+    if args.json:
+        obj: dict[str, Any] = {
+            "session_id": res.session_id,
+            "position": res.position,
+            "text": args.text,
+            "predictions": [
+                {"id": p.id, "text": p.text, "prob": p.prob, "logprob": p.logprob} for p in res.predictions
+            ],
+        }
+        if args.generate:
+            obj["generated"] = "".join(p.text for p in res.generated)
+            obj["generated_ids"] = [p.id for p in res.generated]
+        print(json.dumps(obj, ensure_ascii=False), file=out)
+        return 0
+    if args.generate:
+        print(f"completion: {_shown(''.join(p.text for p in res.generated))}", file=out)
+    print(f"after {res.position} tokens, the next token is likely:", file=out)
+    for p in res.predictions:
+        print(f"  {p.prob:7.2%}  {_shown(p.text)!r}  (id {p.id})", file=out)
+    return 0
+
+
+def _req(text: str, **kw: Any) -> Any:
+    from service.client import make_request
+
+    return make_request(text=text, **kw)
+
+
+def _line(preds: Sequence[Any], completion: str) -> str:
+    shown = "  ".join(f"{_shown(p.text)!r} {p.prob:.0%}" for p in preds)
+    return f"next: {shown}" + (f"   completion: {_shown(completion)}" if completion else "")
+
+
+def _completion(client: Any, context: str, args: argparse.Namespace) -> str:
+    """A completion that does not advance the interactive session: a throw-away session fed the context."""
+    if not args.complete or not context:
+        return ""
+    tail = context[-1024:]
+    res = client.predict(tail, generate=args.complete, temperature=args.temperature, seed=args.seed, end=True)
+    return "".join(p.text for p in res.generated)
+
+
+def _interactive(client: Any, args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
+    from service.client import RequestError
+
+    if stdin.isatty() and out.isatty():
+        return _interactive_tty(client, args, stdin, out)
+    with client.session(end_on_exit=True) as s:
+        context = ""
+        for line in stdin:
+            try:
+                res = s.feed(line, top_k=args.top_k)
+            except RequestError as e:  # a bad line is reported and skipped; the session goes on
+                msg = f"{e.code.name}: {e.message}"
+                print(json.dumps({"error": msg}, ensure_ascii=False) if args.json else f"error: {msg}", file=out)
+                continue
+            context += line
+            comp = _completion(client, context, args)
+            if args.json:
+                obj = {
+                    "position": res.position,
+                    "predictions": [{"id": p.id, "text": p.text, "prob": p.prob} for p in res.predictions],
+                    "completion": comp,
+                }
+                print(json.dumps(obj, ensure_ascii=False), file=out, flush=True)
+            else:
+                print(_line(res.predictions, comp), file=out, flush=True)
+    return 0
+
+
+def _interactive_tty(client: Any, args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:  # pragma: no cover
+    """Per keystroke: each character goes to the session; backspace resets it and re-feeds the rest."""
+    import termios
+    import tty
+
+    from service.client import RequestError
+
+    fd = stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    print("type; Ctrl-D or Ctrl-C quits", file=out, flush=True)
+    text = ""
+    with client.session(end_on_exit=True) as s:
+        try:
+            tty.setcbreak(fd)
+            while True:
+                ch = os.read(fd, 4).decode("utf-8", errors="replace")
+                if not ch or ch in ("\x04", "\x03"):
+                    break
+                error = ""
+                if ch in ("\x7f", "\x08"):
+                    text = text[:-1]
+                    s.reset()
+                    res = s.feed(text, top_k=args.top_k) if text else None
+                else:
+                    ch = "\n" if ch == "\r" else ch
+                    try:
+                        res = s.feed(ch, top_k=args.top_k)
+                        text += ch
+                    except RequestError as e:
+                        res, error = None, e.message
+                comp = "" if error else _completion(client, text, args)
+                shown = _shown(text[-40:])
+                status = error or (_line(res.predictions, comp) if res is not None else "")
+                out.write(f"\r\x1b[2K{shown}\x1b[7m|\x1b[0m  {status}"[:400])
+                out.flush()
+        finally:
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+            out.write("\n")
+    return 0

@@ -1,0 +1,272 @@
+"""The server: a factory that wires model, store, batcher, engine and servicer, plus the operational parts.
+
+* ``create_server(settings) -> (server, port)`` binds (port 0 picks a free one) without starting; tests use it.
+* ``grpc.health.v1`` health: SERVING once started, NOT_SERVING while draining.
+* server reflection, so ``grpcurl -plaintext HOST:PORT list`` works.
+* Prometheus metrics over HTTP (``--metrics-port``), structured (JSON) logs.
+* ``serve(settings)``: run until SIGTERM or SIGINT, then drain within ``--grace`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from service._proto.seqpred.v1 import seqpred_pb2 as pb
+from service._proto.seqpred.v1 import seqpred_pb2_grpc as pb_grpc
+from service.batcher import Batcher
+from service.engine import Engine
+from service.errors import ModelLoadError
+from service.metrics import Metrics
+from service.runtime import Runtime, load_bundle
+from service.servicer import SeqPredServicer
+from service.sessions import MemoryStore
+from service.settings import DEFAULT_MODEL_DIR, Settings
+
+log = logging.getLogger("seqpred.server")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SeqPred"].full_name
+#: Messages up to 16 MiB: a Score request of 256 sequences x 4096 tokens fits.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, and any ``extra={"fields": {...}}``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 6),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            out.update(fields)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger("seqpred")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def load_runtime(settings: Settings) -> Runtime:
+    """The model named by ``settings.model``, with a clear error when the default model is not installed."""
+    if settings.model == DEFAULT_MODEL_DIR and not (DEFAULT_MODEL_DIR / "model.json").is_file():
+        raise ModelLoadError(
+            f"model: the default model is not installed ({str(DEFAULT_MODEL_DIR)!r} has no model.json); "
+            "pass --model DIR (or SEQPRED_MODEL) naming a directory written by `seqpred export`"
+        )
+    return Runtime(load_bundle(settings.model), settings.device, settings.intra_op_threads)
+
+
+class SeqpredServer:
+    """One serving process's parts. Build it with :func:`create_server`, then ``await start()``."""
+
+    def __init__(self, settings: Settings, runtime: Runtime | None = None) -> None:
+        self.settings = settings
+        self.runtime = runtime if runtime is not None else load_runtime(settings)
+        self.store = MemoryStore(
+            self.runtime.new_state_memory(settings.max_sessions), settings.idle_timeout, settings.max_lifetime
+        )
+        self.metrics = Metrics(lambda: float(len(self.store)))
+        executor = (
+            ThreadPoolExecutor(settings.batch_threads, thread_name_prefix="seqpred-batch")
+            if settings.batch_threads
+            else None
+        )
+        self.batcher = Batcher(
+            self.runtime,
+            self.store,
+            max_batch=settings.max_batch,
+            max_wait=settings.batch_wait_us / 1e6,
+            executor=executor,
+        )
+        self.batcher.open_rpcs = 0  # counted by the servicer
+        self.engine = Engine(settings, self.runtime, self.store, self.batcher, self.metrics)
+        self.health = HealthServicer()
+        self.grpc = grpc.aio.server(
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        pb_grpc.add_SeqPredServicer_to_server(SeqPredServicer(self.engine), self.grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.grpc,
+        )
+        self.port = self.grpc.add_insecure_port(settings.address)
+        if self.port == 0:
+            raise ModelLoadError(f"--port: cannot listen on {settings.address!r}")
+        self.metrics_port: int | None = None
+        self._metrics_http: Any = None
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.grpc.start()
+        self.engine.start()
+        if self.settings.metrics_port >= 0:
+            self._metrics_http, self.metrics_port = self.metrics.serve(
+                self.settings.metrics_port, self.settings.metrics_host
+            )
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        cfg = self.runtime.config
+        log.info(
+            "serving",
+            extra={
+                "fields": {
+                    "port": self.port,
+                    "metrics_port": self.metrics_port,
+                    "model": str(self.runtime.bundle.path),
+                    "cell": cfg.cell,
+                    "layers": cfg.layers,
+                    "hidden": cfg.hidden,
+                    "vocab_size": cfg.vocab_size,
+                    "provider": self.runtime.provider,
+                    "head_graph": self.runtime.has_head,
+                    "max_sessions": self.settings.max_sessions,
+                }
+            },
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: health NOT_SERVING, refuse new requests, let in-flight RPCs finish for ``grace`` seconds."""
+        if self._stopped.is_set():
+            return
+        grace = self.settings.grace if grace is None else grace
+        t0 = time.monotonic()
+        log.info("draining", extra={"fields": {"grace_s": grace, "active_sessions": len(self.store)}})
+        await self.health.enter_graceful_shutdown()
+        self.engine.draining = True
+        await self.grpc.stop(grace)
+        await self.engine.stop()
+        self.batcher.close()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+        self._stopped.set()
+        log.info("stopped", extra={"fields": {"seconds": round(time.monotonic() - t0, 3)}})
+
+    async def wait_for_termination(self) -> None:
+        await self._stopped.wait()
+
+
+def create_server(settings: Settings, runtime: Runtime | None = None) -> tuple[SeqpredServer, int]:
+    """Build and bind a server (call it inside the event loop that will run it); ``await server.start()``."""
+    server = SeqpredServer(settings, runtime)
+    return server, server.port
+
+
+async def serve(settings: Settings, runtime: Runtime | None = None, ready: Any = None) -> None:
+    """Run a server until SIGTERM or SIGINT, then shut down gracefully. ``ready(server)`` is called once started."""
+    server, port = create_server(settings, runtime)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready(server)
+    print(f"seqpred: serving {settings.model} on port {port}", file=sys.stderr, flush=True)
+    await stop.wait()
+    await server.stop()
+
+
+class ServerThread:
+    """A server on its own event loop in a background thread (tests, notebooks, embedding in sync code).
+
+    ``with ServerThread(settings) as st: ... st.port ...``
+    """
+
+    def __init__(self, settings: Settings, runtime: Runtime | None = None) -> None:
+        self.settings = settings
+        self._runtime = runtime
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self.server: SeqpredServer | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="seqpred-server", daemon=True)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.port
+
+    @property
+    def target(self) -> str:
+        return f"localhost:{self.port}"
+
+    def _run(self) -> None:
+        async def main() -> None:
+            try:
+                self.loop = asyncio.get_running_loop()
+                self._stop = asyncio.Event()
+                self.server, _ = create_server(self.settings, self._runtime)
+                await self.server.start()
+            except BaseException as e:
+                self._error = e
+                self._ready.set()
+                return
+            self._ready.set()
+            await self._stop.wait()
+            await self.server.stop()
+
+        asyncio.run(main())
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(*args)`` on the server's loop and return its result (a coroutine function is awaited)."""
+        assert self.loop is not None
+
+        async def run() -> Any:
+            out = fn(*args)
+            if asyncio.iscoroutine(out):
+                out = await out
+            return out
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result()
+
+    def stop(self) -> None:
+        if self.loop is not None and self._stop is not None and self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

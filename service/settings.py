@@ -1,0 +1,162 @@
+"""Server settings: a frozen dataclass filled from defaults, then ``SEQPRED_*`` environment variables, then flags.
+
+Every field has one flag (``--max-sessions``) and one environment variable (``SEQPRED_MAX_SESSIONS``); a flag wins
+over the variable, the variable over the default. Bad values raise :class:`SettingsError` naming the flag, the
+variable and the value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from service.errors import SettingsError
+
+#: The model shipped with the package (``service/default_model``), used when no ``--model`` is given.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+
+DEVICES = ("auto", "cpu", "cuda")
+LOG_FORMATS = ("json", "text")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+ENV_PREFIX = "SEQPRED_"
+
+
+def _meta(help: str, choices: Sequence[str] | None = None) -> dict[str, Any]:
+    return {"help": help, "choices": choices}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server reads at start-up. Durations in seconds; 0 disables a timeout."""
+
+    model: Path = field(default=DEFAULT_MODEL_DIR, metadata=_meta("model directory (step.onnx, sequence.onnx, ...)"))
+    host: str = field(default="[::]", metadata=_meta("address to listen on"))
+    port: int = field(default=50051, metadata=_meta("gRPC port (0 = pick a free one)"))
+    device: str = field(default="auto", metadata=_meta("execution device; auto takes CUDA when available", DEVICES))
+    intra_op_threads: int = field(default=1, metadata=_meta("onnxruntime intra-op threads (0 = its default)"))
+    max_sessions: int = field(default=100_000, metadata=_meta("session capacity; more is RESOURCE_EXHAUSTED"))
+    idle_timeout: float = field(default=900.0, metadata=_meta("evict a session idle this long (0 = never)"))
+    max_lifetime: float = field(default=86_400.0, metadata=_meta("evict a session this old (0 = never)"))
+    sweep_interval: float = field(default=1.0, metadata=_meta("how often expired sessions are looked for"))
+    max_batch: int = field(default=256, metadata=_meta("most session steps in one onnxruntime call"))
+    batch_wait_us: int = field(
+        default=500, metadata=_meta("longest a step waits for the previous batch's sessions to come back (0 = never)")
+    )
+    batch_threads: int = field(
+        default=0, metadata=_meta("threads that run batches (0 = on the event loop, lowest latency for small models)")
+    )
+    max_request_tokens: int = field(default=4096, metadata=_meta("most tokens in one request or sequence"))
+    max_generate_tokens: int = field(default=1024, metadata=_meta("most tokens one request may generate"))
+    max_score_sequences: int = field(default=256, metadata=_meta("most sequences in one Score request"))
+    max_top_k: int = field(default=100, metadata=_meta("largest top_k a request may ask for"))
+    max_concurrent_rpcs: int = field(
+        default=10_000, metadata=_meta("open RPCs (streams included) beyond which new ones get RESOURCE_EXHAUSTED")
+    )
+    metrics_port: int = field(default=9464, metadata=_meta("Prometheus metrics HTTP port (0 = free, -1 = off)"))
+    metrics_host: str = field(default="0.0.0.0", metadata=_meta("address of the metrics HTTP server"))
+    grace: float = field(default=10.0, metadata=_meta("seconds in-flight RPCs get to finish on shutdown"))
+    log_level: str = field(default="INFO", metadata=_meta("log level", LOG_LEVELS))
+    log_format: str = field(default="json", metadata=_meta("log line format", LOG_FORMATS))
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[str, bool, str]] = [
+            ("port", 0 <= self.port <= 65535, "in [0, 65535]"),
+            ("intra_op_threads", self.intra_op_threads >= 0, ">= 0"),
+            ("max_sessions", self.max_sessions >= 1, ">= 1"),
+            ("idle_timeout", self.idle_timeout >= 0, ">= 0"),
+            ("max_lifetime", self.max_lifetime >= 0, ">= 0"),
+            ("sweep_interval", self.sweep_interval > 0, "> 0"),
+            ("max_batch", self.max_batch >= 1, ">= 1"),
+            ("batch_wait_us", self.batch_wait_us >= 0, ">= 0"),
+            ("batch_threads", self.batch_threads >= 0, ">= 0"),
+            ("max_request_tokens", self.max_request_tokens >= 1, ">= 1"),
+            ("max_generate_tokens", self.max_generate_tokens >= 1, ">= 1"),
+            ("max_score_sequences", self.max_score_sequences >= 1, ">= 1"),
+            ("max_top_k", self.max_top_k >= 1, ">= 1"),
+            ("max_concurrent_rpcs", self.max_concurrent_rpcs >= 1, ">= 1"),
+            ("metrics_port", -1 <= self.metrics_port <= 65535, "in [-1, 65535]"),
+            ("grace", self.grace >= 0, ">= 0"),
+            ("device", self.device in DEVICES, f"one of {', '.join(DEVICES)}"),
+            ("log_level", self.log_level in LOG_LEVELS, f"one of {', '.join(LOG_LEVELS)}"),
+            ("log_format", self.log_format in LOG_FORMATS, f"one of {', '.join(LOG_FORMATS)}"),
+        ]
+        for name, ok, want in checks:
+            if not ok:
+                raise SettingsError(
+                    f"{flag_name(name)} ({env_name(name)}): must be {want}, got {getattr(self, name)!r}"
+                )
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _converter(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if kind == "int":
+        return int
+    if kind == "float":
+        return float
+    if kind == "Path":
+        return Path
+    return str
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting; defaults are left to :func:`from_args` so that env vars can sit in between."""
+    for f in dataclasses.fields(Settings):
+        choices = f.metadata.get("choices")
+        parser.add_argument(
+            flag_name(f.name),
+            dest=f.name,
+            default=None,
+            metavar=f.name.upper(),
+            help=f"{f.metadata.get('help', '')} (env {env_name(f.name)}; default {f.default})"
+            + (f"; one of {', '.join(choices)}" if choices else ""),
+        )
+
+
+def from_namespace(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from parsed flags (None = not given) over ``env`` (default ``os.environ``) over the defaults."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        raw = getattr(args, f.name, None)
+        source = flag_name(f.name)
+        if raw is None and env_name(f.name) in env:
+            raw, source = env[env_name(f.name)], env_name(f.name)
+        if raw is None:
+            continue
+        if f.name == "metrics_port" and str(raw).strip().lower() == "off":
+            raw = "-1"
+        conv = _converter(f)
+        try:
+            values[f.name] = conv(raw) if isinstance(raw, str) else raw
+        except ValueError:
+            raise SettingsError(f"{source}: expected {conv.__name__}, got {raw!r}") from None
+        if isinstance(values[f.name], str) and f.name in ("log_level",):
+            values[f.name] = values[f.name].upper()
+    return Settings(**values)
+
+
+def from_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    args, _ = parser.parse_known_args(argv)
+    return from_namespace(args, env)
