@@ -85,11 +85,12 @@ def _add_export(sub: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
 
 
-#: Subcommands that live in the service package and parse their own flags (``seqpred NAME --help``).
+#: Subcommands that parse their own flags (``seqpred NAME --help``), imported only when used.
 SERVICE_COMMANDS = {
     "serve": ("service.cli", "main_serve", "run the gRPC streaming server"),
     "client": ("service.cli", "main_client", "stream text to a server and show its predictions"),
     "score": ("service.scoring", "main_score", "score sequences offline with sequence.onnx"),
+    "experiment": ("model.experiments", "main_experiment", "run a benchmark experiment (memory)"),
 }
 
 
