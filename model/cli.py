@@ -17,9 +17,7 @@ import numpy as np
 
 from model.checkpoint import CHECKPOINT, CONFIG, METRICS, VOCAB, load_run, save_config, write_json_atomic
 from model.config import CELLS, ModelConfig
-from model.errors import CheckpointError, ConfigError, SeqpredError
-
-EXIT_USAGE = 2
+from model.errors import EXIT_INTERRUPTED, CheckpointError, ConfigError, SeqpredError, report_error
 
 
 def _add_train(sub: Any) -> None:
@@ -293,11 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except SeqpredError as e:
-        print(f"seqpred: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return report_error(e)
     except KeyboardInterrupt:
         print("seqpred: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -36,10 +36,9 @@ import numpy as np
 from model import network as N
 from model import optim
 from model.config import CELLS, ModelConfig
-from model.errors import ConfigError, SeqpredError
+from model.errors import EXIT_INTERRUPTED, ConfigError, SeqpredError, report_error
 from model.tasks import ADDING_BASELINE_MSE, adding_problem, remember_first, remember_first_vocab
 
-EXIT_USAGE = 2
 TASKS = ("adding", "remember_first")
 TRAIN_STREAM, EVAL_STREAM = 0, 1
 #: Held-out sequences scored per forward pass (bounds the memory of the forward caches).
@@ -541,11 +540,10 @@ def main_experiment(argv: list[str] | None = None) -> int:
         ns = build_parser().parse_args(args)
         return EXPERIMENTS[ns.experiment](ns)
     except SeqpredError as e:
-        print(f"seqpred: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return report_error(e)
     except KeyboardInterrupt:
         print("seqpred: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 # --------------------------------------------------------------------------------------------- validation

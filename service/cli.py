@@ -15,10 +15,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from model.errors import SeqpredError
+from model.errors import EXIT_INTERRUPTED, SeqpredError, report_error
 from service import settings as settings_mod
 
-EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 1
 
 
@@ -43,10 +42,9 @@ def main_serve(argv: Sequence[str] | None = None) -> int:
         runtime = load_runtime(settings)  # before the loop starts: a bad --model fails fast, in one line
         asyncio.run(serve(settings, runtime))
     except SeqpredError as e:
-        print(f"seqpred: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return report_error(e)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     return 0
 
 
@@ -86,23 +84,21 @@ def main_client(argv: Sequence[str] | None = None, stdin: TextIO | None = None, 
     args = client_parser().parse_args(argv)
     out = stdout or sys.stdout
     if args.top_k < 0 or args.generate < 0 or args.complete < 0 or args.temperature < 0:
-        print("seqpred: error: --top-k, --generate, --complete and --temperature must be >= 0", file=sys.stderr)
-        return EXIT_USAGE
+        return report_error("--top-k, --generate, --complete and --temperature must be >= 0")
     client = Client(args.target, timeout=args.timeout)
     try:
         try:
             client.wait_ready(args.timeout)
         except grpc.FutureTimeoutError:
-            print(f"seqpred: error: no seqpred server answers at {args.target}", file=sys.stderr)
+            report_error(f"no seqpred server answers at {args.target}")
             return EXIT_UNAVAILABLE
         if args.text is not None:
             return _one_shot(client, args, out)
         return _interactive(client, args, stdin or sys.stdin, out)
     except RequestError as e:
-        print(f"seqpred: error: {e.code.name}: {e.message}", file=sys.stderr)
-        return EXIT_USAGE
+        return report_error(f"{e.code.name}: {e.message}")
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     finally:
         client.close()
 

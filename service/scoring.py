@@ -43,7 +43,7 @@ import onnx
 from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
-from model.errors import ConfigError, DataError, SeqpredError
+from model.errors import EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, DataError, SeqpredError, report_error
 from service.scoring_io import (
     FORMATS,
     BadInput,
@@ -55,9 +55,6 @@ from service.scoring_io import (
     dumps,
     round_floats,
 )
-
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 #: Defaults, measured on 2 cores with H=256 (see docs/scoring.md): batches of ~16k padded tokens, at most 128
 #: rows, long sequences in chunks of 256 tokens, one worker thread per core each running whole batches.
@@ -570,8 +567,7 @@ def main_score(argv: Sequence[str] | None = None, stdin: Any = None, stdout: Any
     try:
         return run_score(args, stdin=stdin, stdout=stdout)
     except SeqpredError as e:
-        print(f"seqpred: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return report_error(e)
     except KeyboardInterrupt:
         hint = "; run again with --resume to continue" if args.out not in (None, "-") else ""
         print(f"seqpred: interrupted{hint}", file=sys.stderr)
