@@ -108,7 +108,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from model.corpora import load_corpus
     from model.streams import make_streams
     from model.tokenizers import make_tokenizer
-    from model.train import TrainConfig, train, train_config_dict
+    from model.train import TrainConfig, train
 
     tc = TrainConfig(
         corpus=a.corpus,
@@ -171,10 +171,8 @@ def cmd_train(a: argparse.Namespace) -> int:
             for name in (CHECKPOINT, CONFIG, VOCAB, METRICS, "learning_curve.png"):
                 (out / name).unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
-        save_config(out, cfg, train_config_dict(tc))
         write_json_atomic(out / VOCAB, tok.to_dict())
-    else:
-        save_config(out, cfg, train_config_dict(tc))
+    save_config(out, cfg, tc.to_dict())
     print(
         f"corpus {corpus.name}: {len(train_ids):,} train / {len(val_ids):,} validation tokens, "
         f"vocabulary {tok.vocab_size} ({tok.kind}); {cfg.cell} L={cfg.layers} H={cfg.hidden}"

@@ -84,6 +84,9 @@ class TrainConfig:
             raise ConfigError(f"clip: must be >= 0 (0 = no clipping), got {self.clip!r}")
         optim.OptimConfig(name=self.optimizer)
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         return from_dict(cls, data)
@@ -236,7 +239,3 @@ def train(
         val_nats = run_eval(0)
         checkpoint()
     return TrainResult(step, tokens, train_loss, val_nats, (time.perf_counter() - t0) / 60.0)
-
-
-def train_config_dict(tc: TrainConfig) -> dict[str, Any]:
-    return asdict(tc)
