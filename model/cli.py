@@ -88,7 +88,7 @@ SERVICE_COMMANDS = {
     "serve": ("service.cli", "main_serve", "run the gRPC streaming server"),
     "client": ("service.cli", "main_client", "stream text to a server and show its predictions"),
     "score": ("service.scoring", "main_score", "score sequences offline with sequence.onnx"),
-    "experiment": ("model.experiments", "main_experiment", "run a benchmark experiment (memory)"),
+    "experiment": ("model.experiments", "main_experiment", "run a benchmark experiment (memory, variants)"),
 }
 
 

@@ -13,10 +13,27 @@ from typing import Any
 from model.errors import ConfigError
 
 #: Every cell the model library supports, by its ``--cell`` name.
-CELLS = ("rnn", "lstm", "peephole", "cifg", "gru", "gru-lbr")
+CELLS = (
+    "rnn",
+    "lstm",
+    "peephole",
+    "cifg",
+    "nig",
+    "nfg",
+    "nog",
+    "niaf",
+    "noaf",
+    "depth-gated",
+    "gru",
+    "gru-lbr",
+    "fgr",
+    "clockwork",
+)
 
-#: Cells that carry a memory cell ``c`` next to ``h``.
-CELLS_WITH_C = frozenset({"lstm", "peephole", "cifg"})
+#: Cells that carry a second state tensor ``c`` next to ``h`` (its width: :attr:`ModelConfig.c_width`).
+CELLS_WITH_C = frozenset(
+    {"lstm", "peephole", "cifg", "nig", "nfg", "nog", "niaf", "noaf", "depth-gated", "fgr", "clockwork"}
+)
 
 HEADS = ("softmax", "mse")
 
@@ -66,9 +83,17 @@ class ModelConfig:
             raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout!r}")
 
     @property
+    def c_width(self) -> int:
+        """Width of each layer's second state tensor ``c`` (the cell's ``c_width(hidden)``; 0 = state h only):
+        H for the LSTM family, 4H for ``fgr`` ([c; i; o; f]), 1 for ``clockwork`` (its step counter)."""
+        from model.cells import get_cell  # local import: model.cells may import this module
+
+        return get_cell(self.cell).c_width(self.hidden)
+
+    @property
     def has_c(self) -> bool:
-        """True for LSTM-family cells, whose state is (h, c); False for GRU and RNN (state h only)."""
-        return self.cell in CELLS_WITH_C
+        """True when the state is (h, c) (``c_width > 0``); False for GRU and RNN (state h only)."""
+        return self.c_width > 0
 
     @property
     def token_input(self) -> bool:

@@ -14,16 +14,21 @@ error that arrives from above (the head or the next layer): dh_t = dH_t + (dh fr
 The cells work on contiguous per-step buffers: elementwise kernels on a strided ``[:, t, :]`` slice (rows of B
 floats) run 3-4x slower, so the input term and ``dax`` live in time-major ``[T, G*H, B]`` copies, transposed
 once per sequence.
+
+A depth-gated layer also exchanges a cell sequence with its neighbours (its cells up, their errors down);
+:mod:`model.layer_depth` runs that recurrence, chosen once per sequence so other cells' loops are unchanged.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from model.cells.base import Array, Cell, Params
+from model.cells.base import Array, Cell, Params, split_index
+from model.cells.depth import DepthGatedCell
+from model.layer_depth import depth_recur_backward, depth_recur_forward
 
 
 @dataclass
@@ -33,16 +38,27 @@ class LayerCache:
     X: Array | None  # [X, T, B] layer input
     Hs: Array  # [H, T+1, B] h_0 .. h_T
     caches: list[Any]
+    Cs: Array | None = None  # [T, H, B] c_1 .. c_T, kept only for a cell that the layer above reads (depth-gated)
+
+
+def reads_lower_cell(cell: Cell) -> bool:
+    """True for a cell whose step reads the lower layer's new cell c_t^{l-1} (see :mod:`model.layer_depth`)."""
+    return bool(getattr(cell, "reads_lower_cell", False))
 
 
 def recur_forward(
-    cell: Cell, p: Params, AX: Array, h0: Array, c0: Array | None
-) -> tuple[Array, Array | None, list[Any]]:
+    cell: Cell, p: Params, AX: Array, h0: Array, c0: Array | None, low: Array | None = None
+) -> tuple[Array, Array | None, list[Any], Array | None]:
     """The recurrence alone, from the input term ``AX = W X + b`` ``[G*H, T, B]`` and ``h0`` (``c0``) ``[H, B]``.
 
-    Returns ``(Hs, c_T, caches)``: ``Hs`` ``[H, T+1, B]`` holds h_0 .. h_T (``Hs[:, 1:]`` is the output
-    sequence, ``Hs[:, -1]`` the final state).
+    Returns ``(Hs, c_T, caches, Cs)``: ``Hs`` ``[H, T+1, B]`` holds h_0 .. h_T (``Hs[:, 1:]`` is the output
+    sequence, ``Hs[:, -1]`` the final state). A cell that reads the lower layer's cell (depth-gated) gets
+    that layer's ``Cs`` as ``low`` ``[T, H, B]`` (None at layer 0) and returns its own ``Cs``; for every
+    other cell ``low`` is ignored and ``Cs`` is None.
     """
+    if reads_lower_cell(cell):
+        assert c0 is not None
+        return depth_recur_forward(cast(DepthGatedCell, cell), p, AX, h0, c0, low)
     _, T, B = AX.shape
     H = h0.shape[0]
     AXt = np.ascontiguousarray(AX.transpose(1, 0, 2))  # [T, G*H, B]: one copy beats T strided reads
@@ -54,21 +70,33 @@ def recur_forward(
         h, c, cache = cell.forward(p, AXt[t], h, c)
         Hs[:, t + 1] = h
         caches.append(cache)
-    return Hs, c, caches
+    return Hs, c, caches, None
 
 
 def recur_backward(
-    cell: Cell, p: Params, Hs: Array, caches: list[Any], dH: Array, dhT: Array | None, dcT: Array | None
-) -> tuple[Array, Array, Array | None, Params]:
+    cell: Cell,
+    p: Params,
+    Hs: Array,
+    caches: list[Any],
+    dH: Array,
+    dhT: Array | None,
+    dcT: Array | None,
+    dC: Array | None = None,
+) -> tuple[Array, Array, Array | None, Params, Array | None]:
     """Exact BPTT through the recurrence.
 
     Args:
         dH: ``[H, T, B]`` loss gradient w.r.t. each output h_1 .. h_T (from the head or the layer above).
-        dhT, dcT: ``[H, B]`` gradient w.r.t. the final state (None = 0).
+        dhT, dcT: ``[H, B]`` and ``[C, B]`` (C = ``cell.c_width(H)``) gradient w.r.t. the final state (None = 0).
+        dC: ``[T, H, B]`` gradient w.r.t. the cells c_1 .. c_T from the layer above's depth gate
+            (depth-gated only; None = 0).
 
-    Returns ``(dAX [G*H, T, B], dh0 [H, B], dc0 [H, B] or None, grads)``; ``grads`` holds ``R`` and the
-    cell's vector parameters (not ``W`` and ``b``, which follow from ``dAX``).
+    Returns ``(dAX [G*H, T, B], dh0 [H, B], dc0 [H, B] or None, grads, dLow)``; ``grads`` holds ``R`` and the
+    cell's vector parameters (not ``W`` and ``b``, which follow from ``dAX``); ``dLow`` ``[T, H, B]`` is the
+    gradient w.r.t. the lower layer's cells (depth-gated above layer 0; None otherwise).
     """
+    if reads_lower_cell(cell):
+        return depth_recur_backward(cast(DepthGatedCell, cell), p, Hs, caches, dH, dhT, dcT, dC)
     H, T1, B = Hs.shape
     T = T1 - 1
     GH = p["R"].shape[0]
@@ -77,7 +105,7 @@ def recur_backward(
     dh = np.zeros((H, B), dtype=Hs.dtype) if dhT is None else dhT.copy()
     dc = dcT
     if cell.has_c and dc is None:
-        dc = np.zeros((H, B), dtype=Hs.dtype)
+        dc = np.zeros((cell.c_width(H), B), dtype=Hs.dtype)
     grads: Params = {k: np.zeros_like(v) for k, v in p.items() if k not in ("W", "b")}
     stacks: list[tuple[Array | None, Array | None]] = []
     rec: tuple[Any, ...] = ()
@@ -102,37 +130,46 @@ def recur_backward(
     dAX = np.ascontiguousarray(dAXt.transpose(1, 0, 2))
     dAX2 = dAX.reshape(GH, T * B)
     Hprev = Hs[:, :T].reshape(H, T * B)
-    for (rows, _, _), (ds, os_) in zip(rec, stacks, strict=True):
+    for (index, _, _), (ds, os_) in zip(rec, stacks, strict=True):
+        rows, cols = split_index(index)  # a row slice, or a block of R (clockwork)
         d2 = dAX2[rows] if ds is None else ds.reshape(-1, T * B)
-        o2 = Hprev if os_ is None else os_.reshape(-1, T * B)
-        grads["R"][rows] += d2 @ o2.T
-    return dAX, dh, dc, grads
+        o2 = Hprev[cols] if os_ is None else os_.reshape(-1, T * B)
+        grads["R"][rows, cols] += d2 @ o2.T
+    return dAX, dh, dc, grads, None
 
 
 def layer_forward(
-    cell: Cell, p: Params, X: Array, h0: Array, c0: Array | None
+    cell: Cell, p: Params, X: Array, h0: Array, c0: Array | None, low: Array | None = None
 ) -> tuple[Array, Array | None, LayerCache]:
-    """Run the layer over ``X`` ``[X, T, B]``: ``AX = W X + b`` in one GEMM, then :func:`recur_forward`."""
+    """Run the layer over ``X`` ``[X, T, B]``: ``AX = W X + b`` in one GEMM, then :func:`recur_forward`
+    (``low``: the lower layer's ``Cs``, for depth-gated)."""
     Xd, T, B = X.shape
     AX = (p["W"] @ X.reshape(Xd, T * B)).reshape(-1, T, B)
     AX += p["b"][:, None, None]
-    Hs, cT, caches = recur_forward(cell, p, AX, h0, c0)
-    return Hs, cT, LayerCache(X, Hs, caches)
+    Hs, cT, caches, Cs = recur_forward(cell, p, AX, h0, c0, low)
+    return Hs, cT, LayerCache(X, Hs, caches, Cs)
 
 
 def layer_backward(
-    cell: Cell, p: Params, cache: LayerCache, dH: Array, dhT: Array | None, dcT: Array | None
-) -> tuple[Array, Array, Array | None, Params]:
+    cell: Cell,
+    p: Params,
+    cache: LayerCache,
+    dH: Array,
+    dhT: Array | None,
+    dcT: Array | None,
+    dC: Array | None = None,
+) -> tuple[Array, Array, Array | None, Params, Array | None]:
     """Exact BPTT through the layer (:func:`recur_backward`, then the projection's gradients).
 
-    Returns ``(dX [X, T, B], dh0 [H, B], dc0 [H, B] or None, grads)`` with ``grads`` keyed like ``p``.
+    Returns ``(dX [X, T, B], dh0 [H, B], dc0 [H, B] or None, grads, dLow)`` with ``grads`` keyed like ``p``
+    (``dC``/``dLow``: the cross-layer cell path of depth-gated, see :func:`recur_backward`).
     """
     X = cache.X
     assert X is not None
     Xd, T, B = X.shape
-    dAX, dh, dc, grads = recur_backward(cell, p, cache.Hs, cache.caches, dH, dhT, dcT)
+    dAX, dh, dc, grads, dLow = recur_backward(cell, p, cache.Hs, cache.caches, dH, dhT, dcT, dC)
     dAX2 = dAX.reshape(-1, T * B)
     grads["W"] = dAX2 @ X.reshape(Xd, T * B).T
     grads["b"] = dAX2.sum(axis=1)
     dX = (p["W"].T @ dAX2).reshape(Xd, T, B)
-    return dX, dh, dc, grads
+    return dX, dh, dc, grads, dLow

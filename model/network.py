@@ -8,11 +8,15 @@ Parameters are a flat dict in the ONNX operator layouts (nothing is permuted at 
     layer{l}/b     [G*H]
     layer{l}/P     [3H]            peephole only (ONNX order i, o, f)
     layer{l}/Rb    [H]             gru-lbr only (recurrent candidate bias)
+    layer{l}/Rg    [3H, 3H]        fgr only (gate recurrence: gates i, o, f see the previous i, o, f)
+    layer{l}/D     [2H]            depth-gated only (w_cd, w_ld; its R is [4H, H]: d has no recurrent rows)
     head/W         [V or O, H]     logits = head/W h + head/b (a Gemm with transB=1)
     head/b         [V or O]
 
-The public state layout is ONNX's: a list, one ``(h, c)`` per layer, each ``[B, H]`` (``c`` is None for GRU
-and RNN). Internally sequences are feature-major ``[F, T, B]`` (see :mod:`model.layer`).
+The public state layout is ONNX's: a list, one ``(h, c)`` per layer, ``h`` ``[B, H]`` and ``c`` ``[B, C]`` with
+C = ``cfg.c_width`` (H for the LSTM family; 4H for fgr, ``[c; i; o; f]``; 1 for clockwork, its step counter;
+``c`` is None for GRU and RNN). Internally sequences are feature-major ``[F, T, B]`` (see :mod:`model.layer`).
+Depth-gated layers also hand their cell sequence up and its gradient down (see :mod:`model.layer_depth`).
 
 Loss: softmax head, weighted mean next-token cross-entropy in nats,
 ``L = -Σ_{t,b} w_tb log softmax(z_tb)[y_tb] / Σ w``; mse head, ``L = Σ w_tb ||y_tb - ŷ_tb||² / (O Σ w)``.
@@ -73,9 +77,13 @@ def init_params(cfg: ModelConfig, rng: np.random.Generator, dtype: Any = np.floa
 
 
 def zero_state(cfg: ModelConfig, batch: int, dtype: Any = np.float32) -> State:
-    """All-zero initial state: per layer ``(h [B, H], c [B, H] or None)``."""
-    z = np.zeros((batch, cfg.hidden), dtype=dtype)
-    return [(z.copy(), z.copy() if cfg.has_c else None) for _ in range(cfg.layers)]
+    """All-zero initial state: per layer ``(h [B, H], c [B, C] or None)``, C = ``cfg.c_width``."""
+    H, C = cfg.hidden, cfg.c_width
+
+    def zeros(width: int) -> Array:
+        return np.zeros((batch, width), dtype=dtype)
+
+    return [(zeros(H), zeros(C) if C else None) for _ in range(cfg.layers)]
 
 
 def layer_params(p: Params, l: int) -> Params:
@@ -125,6 +133,7 @@ def forward(
             fwd.fold = (u, inv.reshape(-1))
     if fwd.fold is None:
         x = embed_inputs(cfg, p, inputs)
+    low: Array | None = None  # the layer below's cells c_1 .. c_T [T, H, B] (depth-gated only)
     for l in range(cfg.layers):
         lp = layer_params(p, l)
         h0, c0 = state[l]
@@ -138,15 +147,16 @@ def forward(
             tableT += lp["b"][:, None]
             T, B = fwd.inputs.shape[1], fwd.inputs.shape[0]
             AX = np.take(tableT, inv.reshape(T, B), axis=1)
-            Hs, cT, caches = recur_forward(cell, lp, AX, h0T, c0T)
-            cache = LayerCache(None, Hs, caches)
+            Hs, cT, caches, Cs = recur_forward(cell, lp, AX, h0T, c0T, low)
+            cache = LayerCache(None, Hs, caches, Cs)
         else:
             assert x is not None
             if l > 0 and dropout_rng is not None and cfg.dropout > 0:
                 keep = 1.0 - cfg.dropout
                 mask = (dropout_rng.random(x.shape) < keep).astype(x.dtype) / x.dtype.type(keep)
                 x = x * mask
-            Hs, cT, cache = layer_forward(cell, lp, x, h0T, c0T)
+            Hs, cT, cache = layer_forward(cell, lp, x, h0T, c0T, low)
+        low = cache.Cs
         fwd.layers.append(cache)
         fwd.masks.append(mask)
         fwd.state.append((np.ascontiguousarray(Hs[:, -1].T), None if cT is None else cT.T.copy()))
@@ -207,6 +217,7 @@ def backward(
     grads: Params = {"head/W": d2 @ top.reshape(H, T * B).T, "head/b": d2.sum(axis=1)}
     dx = (p["head/W"].T @ d2).reshape(H, T, B)
     dstate0: State = []
+    dC: Array | None = None  # gradient w.r.t. layer l's cells from layer l+1's depth gate (depth-gated only)
     for l in range(cfg.layers - 1, -1, -1):
         dhT = dcT = None
         if dstate is not None:
@@ -215,7 +226,8 @@ def backward(
             dcT = None if dc_ is None else np.ascontiguousarray(dc_.T)
         lp = layer_params(p, l)
         if l == 0 and fwd.fold is not None:
-            dAX, dh0, dc0, g = recur_backward(cell, lp, fwd.layers[0].Hs, fwd.layers[0].caches, dx, dhT, dcT)
+            first = fwd.layers[0]
+            dAX, dh0, dc0, g, dC = recur_backward(cell, lp, first.Hs, first.caches, dx, dhT, dcT, dC)
             u, inv = fwd.fold
             onehot = np.zeros((inv.size, len(u)), dtype=dAX.dtype)
             onehot[np.arange(inv.size), inv] = 1.0
@@ -227,7 +239,7 @@ def backward(
             dE[u] = (lp["W"].T @ dtableT).T
             grads["embed"] = dE
         else:
-            dx, dh0, dc0, g = layer_backward(cell, lp, fwd.layers[l], dx, dhT, dcT)
+            dx, dh0, dc0, g, dC = layer_backward(cell, lp, fwd.layers[l], dx, dhT, dcT, dC)
         for k, v in g.items():
             grads[f"layer{l}/{k}"] = v
         dstate0.insert(0, (dh0.T.copy(), None if dc0 is None else dc0.T.copy()))

@@ -222,6 +222,17 @@ class WordTokenizer(Tokenizer):
         """The tokens of ``text``; ``"".join(split(text)) == text``."""
         return _WORD_RE.findall(text)
 
+    @staticmethod
+    def count_at_most(text: str, limit: int) -> int:
+        """``min(len(split(text)), limit + 1)``, scanning no more of ``text`` than that takes (a cheap length
+        check for huge texts)."""
+        n = 0
+        for _ in _WORD_RE.finditer(text):
+            n += 1
+            if n > limit:
+                break
+        return n
+
     @classmethod
     def fit(cls, text: str, max_words: int = 10000) -> WordTokenizer:
         """``<unk>`` plus the ``max_words`` most frequent tokens of ``text``, most frequent first (ties

@@ -6,8 +6,9 @@ runtime also derives a *head* graph (top-layer ``h`` -> next-token log-probabili
 advancing it (scoring the first token of a continuation, generating from a session without new tokens), so that
 no per-session copy of the last distribution needs to be kept.
 
-Session states live in a :class:`StateMemory` indexed by slot: on the CPU one lazily committed host slab
-``[K, N, H]`` (K state tensors per session: h0, c0, h1, ...); on CUDA one device buffer ``[N, H]`` per state tensor,
+Session states live in a :class:`StateMemory` indexed by slot: on the CPU one lazily committed host mapping of
+K planes ``[N, W_k]`` (K state tensors per session: h0, c0, h1, ...; W_k = H for h, the cell's ``c_width`` for c);
+on CUDA one device buffer ``[N, W_k]`` per state tensor,
 gathered and scattered by two tiny graphs, so that states never leave the device and only the outputs a batch
 asked for are copied to the host (IOBinding).
 """
@@ -18,6 +19,7 @@ import hashlib
 import mmap
 import sys
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from onnx import TensorProto, helper
 
 from model.config import ModelConfig
 from model.errors import SeqpredError
+from model.export.signature import state_tensors
 from model.tokenizers import Tokenizer
 from service.errors import ModelLoadError, NoHeadGraph, SettingsError
 
@@ -60,6 +63,28 @@ class ModelBundle:
     def sequence_path(self) -> Path:
         return self.path / SEQUENCE
 
+    def graph_bytes(self, fname: str) -> bytes:
+        """The bytes of graph file ``fname``, checked against the manifest's sha256 as they are read (the bytes
+        handed to onnxruntime are the bytes verified); a file the manifest does not list is refused."""
+        entry = next((g for g in self.manifest.get("graphs", {}).values() if g.get("file") == fname), None)
+        fpath = self.path / fname
+        if entry is None:
+            raise ModelLoadError(
+                f"model: {fpath}: not listed in {MANIFEST}'s graphs, so its sha256 cannot be checked; remove it or "
+                "list it with its sha256"
+            )
+        try:
+            data = fpath.read_bytes()
+        except OSError as e:
+            raise ModelLoadError(f"model: {fpath}: unreadable ({e.strerror or e})") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != entry.get("sha256"):
+            raise ModelLoadError(
+                f"model: {fpath}: sha256 {digest[:12]}... does not match the manifest's "
+                f"{str(entry.get('sha256'))[:12]}... (file modified or corrupt)"
+            )
+        return data
+
 
 def load_bundle(path: str | Path) -> ModelBundle:
     """Read a model directory with :func:`model.export.load_model_dir` (which verifies every graph's sha256);
@@ -84,16 +109,21 @@ def load_bundle(path: str | Path) -> ModelBundle:
 
 
 class StateMemory(ABC):
-    """Per-session recurrent state, ``K`` vectors of ``H`` values per slot, all zero when a slot is fresh."""
+    """Per-session recurrent state: ``K`` vectors per slot (h0, c0, h1, ...), vector k of ``widths[k]`` values
+    (``c`` is as wide as the cell needs: H for the LSTM family, 4H for fgr, 1 for clockwork's step counter), all
+    zero when a slot is fresh."""
 
     capacity: int
-    K: int
-    H: int
+    widths: tuple[int, ...]
     dtype: np.dtype[Any]
 
     @property
+    def K(self) -> int:
+        return len(self.widths)
+
+    @property
     def bytes_per_slot(self) -> int:
-        return self.K * self.H * self.dtype.itemsize
+        return sum(self.widths) * self.dtype.itemsize
 
     @abstractmethod
     def zero(self, slot: int) -> None:
@@ -101,54 +131,74 @@ class StateMemory(ABC):
 
     @abstractmethod
     def read(self, slot: int) -> list[np.ndarray]:
-        """Host copies of one slot's K vectors ``[H]``."""
+        """Host copies of one slot's K vectors ``[widths[k]]``."""
 
     @abstractmethod
     def write(self, slot: int, values: list[np.ndarray]) -> None:
-        """Overwrite one slot with K vectors ``[H]``."""
+        """Overwrite one slot with K vectors ``[widths[k]]``."""
 
     def release(self, first_free: int) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Hint: slots ``>= first_free`` are all free; their memory may go back to the operating system."""
 
 
-class HostStateMemory(StateMemory):
-    """One anonymous mapping ``[K, N, H]``: pages are committed when first written and can be released again."""
+def _widths(widths: Sequence[int] | None, K: int, H: int) -> tuple[int, ...]:
+    return tuple(int(w) for w in widths) if widths is not None else (H,) * K
 
-    def __init__(self, capacity: int, K: int, H: int, dtype: Any = np.float32) -> None:
-        self.capacity, self.K, self.H = capacity, K, H
+
+class HostStateMemory(StateMemory):
+    """One anonymous mapping holding K planes ``[N, widths[k]]`` back to back: pages are committed when first
+    written and can be released again.
+
+    ``widths`` lists the width of each state tensor; ``K`` and ``H`` are a shorthand for K tensors of width H.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        widths: Sequence[int] | None = None,
+        dtype: Any = np.float32,
+        *,
+        K: int = 0,
+        H: int = 0,
+    ) -> None:
+        self.capacity, self.widths = capacity, _widths(widths, K, H)
         self.dtype = np.dtype(dtype)
-        nbytes = max(1, K * capacity * H * self.dtype.itemsize)
+        size = self.dtype.itemsize
+        nbytes = max(1, capacity * sum(self.widths) * size)
         flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE
         self._map = mmap.mmap(-1, nbytes, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-        self.slab = np.frombuffer(self._map, dtype=self.dtype, count=K * capacity * H).reshape(K, capacity, H)
-        self._layers = [self.slab[k] for k in range(K)]
+        self._offsets = np.concatenate([[0], np.cumsum([capacity * w * size for w in self.widths])]).astype(int)
+        self.planes = [
+            np.frombuffer(self._map, dtype=self.dtype, count=capacity * w, offset=int(off)).reshape(capacity, w)
+            for w, off in zip(self.widths, self._offsets, strict=False)
+        ]
         self._released_from = capacity
 
     def zero(self, slot: int) -> None:
-        for a in self._layers:
+        for a in self.planes:
             a[slot] = 0
 
     def read(self, slot: int) -> list[np.ndarray]:
-        return [a[slot].copy() for a in self._layers]
+        return [a[slot].copy() for a in self.planes]
 
     def write(self, slot: int, values: list[np.ndarray]) -> None:
-        for a, v in zip(self._layers, values, strict=True):
+        for a, v in zip(self.planes, values, strict=True):
             a[slot] = v
 
     def gather(self, slots: np.ndarray) -> list[np.ndarray]:
-        """K arrays ``[B, H]``: for one slot, views of the slab (no copy); otherwise copies."""
+        """K arrays ``[B, widths[k]]``: for one slot, views of the planes (no copy); otherwise copies."""
         if len(slots) == 1:
             s = int(slots[0])
-            return [a[s : s + 1] for a in self._layers]
-        return [a[slots] for a in self._layers]
+            return [a[s : s + 1] for a in self.planes]
+        return [a[slots] for a in self.planes]
 
     def scatter(self, slots: np.ndarray, values: list[np.ndarray]) -> None:
         if len(slots) == 1:
             s = int(slots[0])
-            for a, v in zip(self._layers, values, strict=True):
+            for a, v in zip(self.planes, values, strict=True):
                 a[s] = v[0]
             return
-        for a, v in zip(self._layers, values, strict=True):
+        for a, v in zip(self.planes, values, strict=True):
             a[slots] = v
 
     def release(self, first_free: int) -> None:
@@ -156,38 +206,46 @@ class HostStateMemory(StateMemory):
         if first_free >= self._released_from or not hasattr(self._map, "madvise"):
             return
         page = mmap.PAGESIZE
-        plane = self.capacity * self.H * self.dtype.itemsize
-        for k in range(self.K):
-            start = k * plane + first_free * self.H * self.dtype.itemsize
+        for k, w in enumerate(self.widths):
+            start = int(self._offsets[k]) + first_free * w * self.dtype.itemsize
             start = -(-start // page) * page
-            end = (k + 1) * plane // page * page
+            end = int(self._offsets[k + 1]) // page * page
             if end > start:
                 self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
         self._released_from = first_free
 
 
 class DeviceStateMemory(StateMemory):
-    """K device buffers ``[N, H]`` (CUDA), read and written by a Gather graph and an in-place ScatterND graph.
+    """K device buffers ``[N, widths[k]]`` (CUDA), read and written by a Gather graph and an in-place ScatterND
+    graph.
 
     The ScatterND output is bound to the very buffer it reads, which onnxruntime's kernel detects and then skips
     its copy of the whole input: an in-place row update.
     """
 
-    def __init__(self, capacity: int, K: int, H: int, dtype: Any, providers: list[Any], device_id: int = 0) -> None:
-        self.capacity, self.K, self.H = capacity, K, H
+    def __init__(
+        self,
+        capacity: int,
+        widths: Sequence[int],
+        dtype: Any,
+        providers: list[Any],
+        device_id: int = 0,
+    ) -> None:
+        self.capacity, self.widths = capacity, _widths(widths, 0, 0)
         self.dtype = np.dtype(dtype)
         self.device_id = device_id
         elem = helper.np_dtype_to_tensor_dtype(self.dtype)
+        W = self.widths
+        K = len(W)
         self.buffers = [
-            ort.OrtValue.ortvalue_from_numpy(np.zeros((capacity, H), dtype=self.dtype), "cuda", device_id)
-            for _ in range(K)
+            ort.OrtValue.ortvalue_from_numpy(np.zeros((capacity, w), dtype=self.dtype), "cuda", device_id) for w in W
         ]
         gather = helper.make_graph(
             [helper.make_node("Gather", [f"slab{k}", "idx"], [f"g{k}"], axis=0, name=f"gather{k}") for k in range(K)],
             "gather_states",
-            [helper.make_tensor_value_info(f"slab{k}", elem, ["N", H]) for k in range(K)]
+            [helper.make_tensor_value_info(f"slab{k}", elem, ["N", W[k]]) for k in range(K)]
             + [helper.make_tensor_value_info("idx", TensorProto.INT64, ["B"])],
-            [helper.make_tensor_value_info(f"g{k}", elem, ["B", H]) for k in range(K)],
+            [helper.make_tensor_value_info(f"g{k}", elem, ["B", W[k]]) for k in range(K)],
         )
         scatter = helper.make_graph(
             [
@@ -195,10 +253,10 @@ class DeviceStateMemory(StateMemory):
                 for k in range(K)
             ],
             "scatter_states",
-            [helper.make_tensor_value_info(f"slab{k}", elem, ["N", H]) for k in range(K)]
+            [helper.make_tensor_value_info(f"slab{k}", elem, ["N", W[k]]) for k in range(K)]
             + [helper.make_tensor_value_info("idx2", TensorProto.INT64, ["B", 1])]
-            + [helper.make_tensor_value_info(f"u{k}", elem, ["B", H]) for k in range(K)],
-            [helper.make_tensor_value_info(f"o{k}", elem, ["N", H]) for k in range(K)],
+            + [helper.make_tensor_value_info(f"u{k}", elem, ["B", W[k]]) for k in range(K)],
+            [helper.make_tensor_value_info(f"o{k}", elem, ["N", W[k]]) for k in range(K)],
         )
         opset = [helper.make_opsetid("", 17)]
         self._gather = ort.InferenceSession(
@@ -233,7 +291,7 @@ class DeviceStateMemory(StateMemory):
         self._scatter.run_with_iobinding(io)
 
     def zero(self, slot: int) -> None:
-        self.write(slot, [np.zeros(self.H, dtype=self.dtype)] * self.K)
+        self.write(slot, [np.zeros(w, dtype=self.dtype) for w in self.widths])
 
     def read(self, slot: int) -> list[np.ndarray]:
         return [g[0] for g in self.gather(np.array([slot]), to_host=True)]
@@ -310,19 +368,19 @@ class Runtime:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._opts = opts
         try:
-            self.step_sess = ort.InferenceSession(str(bundle.step_path), opts, providers=self.providers)
-            self.seq_sess = ort.InferenceSession(str(bundle.sequence_path), opts, providers=self.providers)
+            self.step_sess = ort.InferenceSession(bundle.graph_bytes(STEP), opts, providers=self.providers)
+            self.seq_sess = ort.InferenceSession(bundle.graph_bytes(SEQUENCE), opts, providers=self.providers)
+        except ModelLoadError:
+            raise
         except Exception as e:  # onnxruntime raises its own exception types
             raise ModelLoadError(f"model: onnxruntime cannot load {str(bundle.path)!r}: {e}") from None
         self.provider = self.step_sess.get_providers()[0]
         self.on_cuda = self.provider == "CUDAExecutionProvider"
         cfg = self.config
-        names: list[str] = []
-        for l in range(cfg.layers):
-            names.append(f"h{l}")
-            if cfg.has_c:
-                names.append(f"c{l}")
+        states = state_tensors(cfg)
+        names = [st.name for st in states]
         self.state_names = names
+        self.state_widths = [st.width for st in states]
         self.state_out_names = [f"{n}_out" for n in names]
         self._check_io()
         self.dtype = _input_dtype(self.step_sess, names[0])
@@ -355,10 +413,10 @@ class Runtime:
         candidates: list[bytes] = []
         head_file = self.bundle.path / HEAD
         if head_file.is_file():
-            m = onnx.load(str(head_file))
+            m = onnx.load_from_string(self.bundle.graph_bytes(HEAD))
             candidates.append(m.SerializeToString())
         else:
-            model = onnx.load(str(self.bundle.step_path))
+            model = onnx.load_from_string(self.bundle.graph_bytes(STEP))
             top = f"h{self.config.layers - 1}_out"
             names = [top]
             for node in model.graph.node:
@@ -383,7 +441,7 @@ class Runtime:
     def _head_matches(self, head: ort.InferenceSession, input_name: str) -> bool:
         rng = np.random.default_rng(0)
         B = 3
-        states = [rng.standard_normal((B, self.config.hidden)).astype(self.dtype) for _ in self.state_names]
+        states = [rng.standard_normal((B, w)).astype(self.dtype) for w in self.state_widths]
         tokens = rng.integers(0, self.config.vocab_size, B)
         feeds = {"tokens": tokens, **dict(zip(self.state_names, states, strict=True))}
         lp, h = self.step_sess.run(["logprobs", self.state_out_names[self.top_h]], feeds)
@@ -396,10 +454,9 @@ class Runtime:
         return self.head_sess is not None
 
     def new_state_memory(self, capacity: int) -> StateMemory:
-        K, H = len(self.state_names), self.config.hidden
         if self.on_cuda:
-            return DeviceStateMemory(capacity, K, H, self.dtype, self.providers)
-        return HostStateMemory(capacity, K, H, self.dtype)
+            return DeviceStateMemory(capacity, self.state_widths, self.dtype, self.providers)
+        return HostStateMemory(capacity, self.state_widths, self.dtype)
 
     # -- batched calls ----------------------------------------------------------------------------------------
 
@@ -507,7 +564,9 @@ class Runtime:
     def score(self, tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Stateless scoring from the zero state: ``(token_logprobs [B, T-1], next_logprobs [B, V])``."""
         B = tokens.shape[0]
-        feeds: dict[str, Any] = {n: np.zeros((B, self.config.hidden), dtype=self.dtype) for n in self.state_names}
+        feeds: dict[str, Any] = {
+            n: np.zeros((B, w), dtype=self.dtype) for n, w in zip(self.state_names, self.state_widths, strict=True)
+        }
         feeds["tokens"], feeds["lengths"] = tokens, lengths
         tl, nl = self.seq_sess.run(["token_logprobs", "next_logprobs"], feeds)
         return tl, nl

@@ -224,6 +224,7 @@ class Scorer:
             base = with_top_k(base, top_k)
         self.session = make_session(base.SerializeToString(), threads=intra_op_threads, spinning=False)
         self.state_names = md.state_names
+        self.state_widths = [st.width for st in md.states]  # h: H; c: the cell's c_width
         self._outputs = ["token_logprobs", "next_logprobs"] + [f"{s}_out" for s in self.state_names]
         if top_k:
             self._outputs += [TOP_LOGPROBS, TOP_IDS]
@@ -244,8 +245,7 @@ class Scorer:
         top_lps = [np.zeros((int(L), K), dtype=np.float32) for L in lens] if K else None
         # a sequence of one token has nothing to score; it only needs the graph for its next-token top-k
         active = np.flatnonzero(lens >= (1 if K else 2))
-        H = self.config.hidden
-        state = [np.zeros((active.size, H), dtype=np.float32) for _ in self.state_names]
+        state = [np.zeros((active.size, w), dtype=np.float32) for w in self.state_widths]
         start = 0
         while active.size:
             rem = lens[active] - start

@@ -23,8 +23,9 @@ def test_step_backward_matches_finite_differences(name: str, rng: np.random.Gene
         p[k] = p[k] + rng.standard_normal(p[k].shape) * 0.5
     ax = rng.standard_normal((cell.G * H, B))
     h = rng.standard_normal((H, B))
-    c = rng.standard_normal((H, B)) if cell.has_c else None
-    wh, wc = rng.standard_normal((H, B)), rng.standard_normal((H, B))  # random projection loss
+    C = cell.c_width(H)  # H for the LSTM family; fgr 4H ([c; i; o; f]); clockwork 1 (its step counter)
+    c = rng.standard_normal((C, B)) if cell.has_c else None
+    wh, wc = rng.standard_normal((H, B)), rng.standard_normal((C, B))  # random projection loss
 
     def loss() -> float:
         h2, c2, _ = cell.forward(p, ax.copy(), h.copy(), None if c is None else c.copy())
@@ -47,8 +48,24 @@ def test_shapes_follow_onnx_layout(name: str, rng: np.random.Generator) -> None:
     cell = get_cell(name)
     p = cell.init(7, 5, rng, 1.0, np.float32)
     assert {k: v.shape for k, v in p.items()} == cell.shapes(7, 5)
-    G = {"rnn": 1, "lstm": 4, "peephole": 4, "cifg": 3, "gru": 3, "gru-lbr": 3}[name]
-    assert p["W"].shape == (G * 5, 7) and p["R"].shape == (G * 5, 5)
+    G = {
+        "rnn": 1,
+        "lstm": 4,
+        "peephole": 4,
+        "cifg": 3,
+        "nig": 3,
+        "nfg": 3,
+        "nog": 3,
+        "niaf": 4,
+        "noaf": 4,
+        "depth-gated": 5,
+        "gru": 3,
+        "gru-lbr": 3,
+        "fgr": 4,
+        "clockwork": 1,
+    }[name]
+    GR = 4 if name == "depth-gated" else G  # the depth gate has no recurrent weights
+    assert p["W"].shape == (G * 5, 7) and p["R"].shape == (GR * 5, 5)
     assert all(v.dtype == np.float32 for v in p.values())
 
 

@@ -94,3 +94,35 @@ def test_missing_pieces(tmp_path: Path, rng: np.random.Generator) -> None:
     (d / "checkpoint.npz").unlink()
     with pytest.raises(CheckpointError, match=r"no checkpoint\.npz"):
         load_run(d)
+
+
+class _Payload:
+    """Unpickling this creates a file: proof that a loader ran pickle."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_pickled_payload_is_never_unpickled(tmp_path: Path, rng: np.random.Generator) -> None:
+    import io
+    import pickle
+    import zipfile
+
+    d = tmp_path / "r"
+    _write_run(d, rng)
+    marker = tmp_path / "pwned"
+    # 1. the whole checkpoint replaced by a pickle
+    (d / "checkpoint.npz").write_bytes(pickle.dumps({"param/x": _Payload(marker)}))
+    with pytest.raises(CheckpointError, match="corrupt checkpoint"):
+        load_run(d)
+    # 2. a well-formed npz whose member is an object array: a .npy holding a pickle
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.array([_Payload(marker)], dtype=object), allow_pickle=True)
+    with zipfile.ZipFile(d / "checkpoint.npz", "w") as z:
+        z.writestr("meta.npy", buf.getvalue())
+    with pytest.raises(CheckpointError, match="corrupt checkpoint"):
+        load_run(d)
+    assert not marker.exists()

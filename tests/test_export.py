@@ -85,6 +85,7 @@ def test_tampered_graph_fails_checksum(tmp_path: Path, rng: np.random.Generator)
         (lambda m: m.update(extra=1), "unknown key 'extra'"),
         (lambda m: m["model"].update(cell="lstmx"), "unknown cell 'lstmx'"),
         (lambda m: m["states"].pop(), "state tensors do not match"),
+        (lambda m: m["states"][1].update(shape=["batch", 1]), r"state 'c0' has shape \['batch', 1\], the config needs"),
         (lambda m: m["graphs"]["sequence"].update(sha256="0" * 64), r"sequence\.onnx: sha256"),
     ],
 )
@@ -138,9 +139,9 @@ def test_unknown_cell_writes_nothing(tmp_path: Path, rng: np.random.Generator) -
     write_run(tmp_path / "run", rng)
     cfg_path = tmp_path / "run" / "config.json"
     data = json.loads(cfg_path.read_text())
-    data["model"]["cell"] = "clockwork"
+    data["model"]["cell"] = "quantum-lstm"
     cfg_path.write_text(json.dumps(data))
-    with pytest.raises(CheckpointError, match="unknown cell 'clockwork'"):
+    with pytest.raises(CheckpointError, match="unknown cell 'quantum-lstm'"):
         export_run(tmp_path / "run", tmp_path / "model")
     assert not (tmp_path / "model").exists()
 

@@ -28,10 +28,10 @@ def perturbed_params(cfg: ModelConfig, rng: np.random.Generator, scale: float = 
 
 
 def random_state(cfg: ModelConfig, B: int, rng: np.random.Generator) -> network.State:
-    def r() -> np.ndarray:
-        return rng.normal(0.0, 0.5, (B, cfg.hidden)).astype(np.float32)
+    def r(width: int) -> np.ndarray:
+        return rng.normal(0.0, 0.5, (B, width)).astype(np.float32)
 
-    return [(r(), r() if cfg.has_c else None) for _ in range(cfg.layers)]
+    return [(r(cfg.hidden), r(cfg.c_width) if cfg.has_c else None) for _ in range(cfg.layers)]
 
 
 def state_feeds(state: network.State) -> dict[str, np.ndarray]:

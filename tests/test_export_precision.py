@@ -36,7 +36,7 @@ def case(cell: str, seed: int = 0) -> tuple[ModelConfig, dict[str, np.ndarray], 
     B, T = 4, 30
     feeds = {"tokens": rng.integers(0, 20, (B, T)), "lengths": np.array([T, T, 17, 1])}
     for s in ["h0", "c0", "h1", "c1"] if cfg.has_c else ["h0", "h1"]:
-        feeds[s] = rng.normal(0, 0.3, (B, 32)).astype(np.float32)
+        feeds[s] = rng.normal(0, 0.3, (B, 32 if s[0] == "h" else cfg.c_width)).astype(np.float32)
     return cfg, p, feeds
 
 

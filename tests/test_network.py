@@ -22,7 +22,7 @@ def _cfg(cell: str, head: str = "softmax", layers: int = 2) -> ModelConfig:
 
 def _random_state(cfg: ModelConfig, B: int, rng: np.random.Generator) -> N.State:
     return [
-        (rng.standard_normal((B, cfg.hidden)), rng.standard_normal((B, cfg.hidden)) if cfg.has_c else None)
+        (rng.standard_normal((B, cfg.hidden)), rng.standard_normal((B, cfg.c_width)) if cfg.has_c else None)
         for _ in range(cfg.layers)
     ]
 

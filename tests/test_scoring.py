@@ -94,7 +94,7 @@ def random_seqs(rng: np.random.Generator, n: int, max_len: int, V: int) -> list[
 # The scorer
 
 
-@pytest.mark.parametrize(("cell", "layers"), [("lstm", 2), ("gru", 1)])
+@pytest.mark.parametrize(("cell", "layers"), [("lstm", 2), ("gru", 1), ("fgr", 2), ("clockwork", 2)])
 def test_scores_match_the_numpy_oracle(cell: str, layers: int, rng: np.random.Generator) -> None:
     scorer = Scorer(tiny_model(cell, layers), top_k=3, threads=2, chunk_len=5)
     V = scorer.config.vocab_size

@@ -20,15 +20,18 @@ from service.settings import DEFAULT_MODEL_DIR, Settings
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-@pytest.fixture(scope="module", params=[("lstm", 2), ("gru", 1)], ids=["lstm-2", "gru-1"])
+@pytest.fixture(
+    scope="module",
+    params=[("lstm", 2), ("gru", 1), ("fgr", 2), ("clockwork", 2)],
+    ids=["lstm-2", "gru-1", "fgr-2", "clockwork-2"],
+)
 def rt(request: pytest.FixtureRequest) -> tuple[Runtime, object]:
     cell, layers = request.param
     return Runtime(load_bundle(tiny_model(cell, layers)), "cpu"), load_run(tiny_run(cell, layers))
 
 
 def _state_lists(runtime: Runtime, rng: np.random.Generator, B: int) -> tuple[list[np.ndarray], list]:
-    H = runtime.config.hidden
-    flat = [rng.standard_normal((B, H)).astype(np.float32) for _ in runtime.state_names]
+    flat = [rng.standard_normal((B, w)).astype(np.float32) for w in runtime.state_widths]
     per_layer = []
     k = 0
     for _ in range(runtime.config.layers):
@@ -45,7 +48,9 @@ def test_state_layout(rt: tuple[Runtime, object]) -> None:
     assert runtime.state_names == (["h0", "c0", "h1", "c1"] if cfg.has_c else ["h0"])
     assert runtime.has_head
     mem = runtime.new_state_memory(4)
-    assert mem.bytes_per_slot == len(runtime.state_names) * cfg.hidden * 4
+    assert mem.bytes_per_slot == sum(runtime.state_widths) * 4
+    want = [cfg.hidden, cfg.c_width] * cfg.layers if cfg.has_c else [cfg.hidden] * cfg.layers
+    assert runtime.state_widths == want  # c: H (lstm), 4H (fgr: [c; i; o; f]), 1 (clockwork's step counter)
 
 
 def test_step_and_head_match_numpy(rt: tuple[Runtime, object], rng: np.random.Generator) -> None:
@@ -96,6 +101,36 @@ def test_sequence_with_lengths_matches_numpy(rt: tuple[Runtime, object], rng: np
         np.testing.assert_allclose(mem.read(b)[0], f.state[0][0][0], atol=2e-6)
 
 
+def test_host_memory_with_mixed_widths(rng: np.random.Generator) -> None:
+    """Per-tensor widths (fgr's c is 4H, clockwork's counter 1): slots stay separate in every plane, one slot
+    gathers as views, released pages read back as zeros, and a slot costs exactly sum(widths) values."""
+    widths = [16, 64, 16, 1]
+    mem = HostStateMemory(4096, widths)
+    assert mem.K == 4 and mem.bytes_per_slot == 97 * 4
+    rows = {s: [rng.standard_normal(w).astype(np.float32) for w in widths] for s in (0, 7, 4095)}
+    for s, v in rows.items():
+        mem.write(s, v)
+    for s, v in rows.items():
+        for got, want in zip(mem.read(s), v, strict=True):
+            np.testing.assert_array_equal(got, want)
+    slots = np.array([4095, 0, 3])
+    g = mem.gather(slots)
+    assert [a.shape for a in g] == [(3, w) for w in widths]
+    np.testing.assert_array_equal(g[1][0], rows[4095][1])
+    assert not any(a[2].any() for a in g)  # slot 3 was never written
+    one = mem.gather(np.array([7]))
+    assert all(np.shares_memory(a, p) for a, p in zip(one, mem.planes, strict=True))
+    mem.scatter(slots, [a[::-1].copy() for a in g])  # swap slots 4095 and 3
+    np.testing.assert_array_equal(mem.read(3)[3], rows[4095][3])
+    assert not mem.read(4095)[2].any()
+    mem.zero(7)
+    assert not any(v.any() for v in mem.read(7))
+    mem.write(2000, [np.ones(w, np.float32) for w in widths])
+    mem.release(8)
+    np.testing.assert_array_equal(mem.read(3)[3], rows[4095][3])  # below first_free: kept
+    assert not any(v.any() for v in mem.read(2000))  # whole pages above slot 8 in every plane: released
+
+
 def test_missing_and_corrupt_model_dirs(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError) as e:
         load_bundle(tmp_path / "nope")
@@ -129,9 +164,10 @@ def test_cuda_requested_without_cuda() -> None:
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDAExecutionProvider in this onnxruntime build (CPU-only machine)")
-def test_cuda_states_stay_on_device_and_match_cpu(rng: np.random.Generator) -> None:  # pragma: no cover
-    cpu = Runtime(load_bundle(tiny_model()), "cpu")
-    gpu = Runtime(load_bundle(tiny_model()), "cuda")
+@pytest.mark.parametrize("cell", ["lstm", "fgr", "clockwork"])  # c of width H, 4H and 1
+def test_cuda_states_stay_on_device_and_match_cpu(cell: str, rng: np.random.Generator) -> None:  # pragma: no cover
+    cpu = Runtime(load_bundle(tiny_model(cell)), "cpu")
+    gpu = Runtime(load_bundle(tiny_model(cell)), "cuda")
     assert gpu.on_cuda and gpu.provider == "CUDAExecutionProvider"
     mc, mg = cpu.new_state_memory(4), gpu.new_state_memory(4)
     slots = np.array([2, 0])

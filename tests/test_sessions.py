@@ -139,10 +139,11 @@ def test_mass_eviction_releases_memory_above_the_live_sessions() -> None:
     assert s.high_water == 6
     mem = s.memory
     assert isinstance(mem, HostStateMemory)
-    row_bytes = mem.H * mem.dtype.itemsize
+    row_bytes = mem.widths[0] * mem.dtype.itemsize
     first_whole_page_row = -(-6 * row_bytes // mmap.PAGESIZE) * mmap.PAGESIZE // row_bytes
-    assert (mem.slab[:, first_whole_page_row:] == 0).all()  # released pages read back as zeros
-    assert (mem.slab[:, 5] == 1).all()
+    for plane in mem.planes:  # two planes [n, 4], back to back in one mapping
+        assert (plane[first_whole_page_row:] == 0).all()  # released pages read back as zeros
+        assert (plane[5] == 1).all()
     for _ in range(3):  # new sessions fill the lowest slots first
         _, slot = s.create(None, 2.0)
         assert slot < 6 or slot == s.high_water - 1

@@ -170,3 +170,9 @@ def test_char_vocabulary_can_be_capped() -> None:
     assert CharTokenizer.fit("abc", max_size=10).vocab_size == 4
     with pytest.raises(ConfigError, match="max_vocab: must be 0"):
         CharTokenizer.fit("abc", max_size=1)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=200), st.integers(0, 50))
+def test_word_count_at_most_is_the_capped_count(text: str, limit: int) -> None:
+    assert WordTokenizer.count_at_most(text, limit) == min(len(WordTokenizer.split(text)), limit + 1)

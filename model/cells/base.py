@@ -6,11 +6,17 @@ The input term ``ax = W @ x + b`` (``[G*H, B]``) is computed for all time steps 
 (:mod:`model.layer`), so a cell never sees ``W`` or ``b``; it owns only its recurrent parameters
 (``R`` and, for some cells, peephole weights ``P`` or the recurrent candidate bias ``Rb``).
 
+The state of a layer is ``h`` ``[H, B]`` and, when ``c_width(H) > 0``, a second tensor ``c``
+``[c_width(H), B]``: the memory cell for the LSTM family (width H), a wider or different carried state for
+others (``fgr``: ``[c; i; o; f]``, 4H; ``clockwork``: the step counter, width 1).
+
 Backward returns, besides ``dax``, ``dh`` and ``dc``, the recurrent-weight terms of this step: a tuple of
 ``(rows, dpre, operand)`` meaning ``dR[rows] += dpre @ operand.T``, where ``dpre=None`` stands for
-``dax[rows]`` and ``operand=None`` for ``h_prev``. The driver stacks the terms of all steps and does one
-GEMM per term at the end (one large GEMM is much faster than T small ones). Vector-parameter gradients
-(``P``, ``Rb``) come back per step as full-shaped arrays in ``vec``.
+``dax[rows]`` and ``operand=None`` for ``h_prev``. ``rows`` is a row slice, or a 2-D index
+``(row_slice, col_slice)`` for a block of R (then ``dpre=None`` is ``dax[row_slice]`` and ``operand=None``
+is ``h_prev[col_slice]``; the clockwork RNN's block-triangular R uses it). The driver stacks the terms of
+all steps and does one GEMM per term at the end (one large GEMM is much faster than T small ones).
+Vector-parameter gradients (``P``, ``Rb``) come back per step as full-shaped arrays in ``vec``.
 """
 
 from __future__ import annotations
@@ -22,7 +28,13 @@ from numpy.typing import NDArray
 
 Array = NDArray[Any]
 Params = dict[str, Array]
-RecTerm = tuple[slice, Array | None, Array | None]
+Index = slice | tuple[slice, slice]
+RecTerm = tuple[Index, Array | None, Array | None]
+
+
+def split_index(index: Index) -> tuple[slice, slice]:
+    """``(row_slice, col_slice)`` of a :data:`RecTerm` index (a bare row slice covers every column)."""
+    return index if isinstance(index, tuple) else (index, slice(None))
 
 
 class Cell(Protocol):
@@ -41,6 +53,10 @@ class Cell(Protocol):
     @property
     def has_c(self) -> bool:
         """True when the state is (h, c); False when it is h alone."""
+        ...
+
+    def c_width(self, H: int) -> int:
+        """Rows of the second state tensor ``c`` for hidden size H (0 when the state is h alone)."""
         ...
 
     def shapes(self, X: int, H: int) -> dict[str, tuple[int, ...]]:
@@ -83,10 +99,11 @@ def step_grads(
     """
     dax, dh, dc, rec, vec = cell.backward(p, cache, dh2, dc2)
     grads: Params = {k: np.zeros_like(v) for k, v in p.items() if k not in ("W", "b")}
-    for rows, dpre, operand in rec:
+    for index, dpre, operand in rec:
+        rows, cols = split_index(index)
         d = dax[rows] if dpre is None else dpre
-        o = h if operand is None else operand
-        grads["R"][rows] += d @ o.T
+        o = h[cols] if operand is None else operand
+        grads["R"][rows, cols] += d @ o.T
     for k, v in vec.items():
         grads[k] += v
     return dax, dh, dc, grads

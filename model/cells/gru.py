@@ -44,6 +44,10 @@ class GRUCell:
     G: int = 3
     has_c: bool = False
 
+    def c_width(self, H: int) -> int:
+        """No c: the state is h alone."""
+        return 0
+
     def shapes(self, X: int, H: int) -> dict[str, tuple[int, ...]]:
         s: dict[str, tuple[int, ...]] = {"W": (3 * H, X), "R": (3 * H, H), "b": (3 * H,)}
         if self.linear_before_reset:

@@ -49,6 +49,10 @@ class LSTMCell:
     def G(self) -> int:
         return 3 if self.cifg else 4
 
+    def c_width(self, H: int) -> int:
+        """The memory cell c is ``[H, B]``."""
+        return H
+
     def shapes(self, X: int, H: int) -> dict[str, tuple[int, ...]]:
         s: dict[str, tuple[int, ...]] = {"W": (self.G * H, X), "R": (self.G * H, H), "b": (self.G * H,)}
         if self.peephole:

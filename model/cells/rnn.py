@@ -26,6 +26,10 @@ class RNNCell:
     G: int = 1
     has_c: bool = False
 
+    def c_width(self, H: int) -> int:
+        """No c: the state is h alone."""
+        return 0
+
     def shapes(self, X: int, H: int) -> dict[str, tuple[int, ...]]:
         return {"W": (H, X), "R": (H, H), "b": (H,)}
 

@@ -1,10 +1,10 @@
 """One recurrent step of every cell as explicit ONNX ops (never the built-in LSTM/GRU/RNN operators).
 
-Shapes: the state ``h`` (and ``c``) is ``[B, H]``; ``ax[g]`` is the input term ``x W_g^T + b_g`` of gate
-group ``g`` (``[B, |g|]``, see :mod:`model.export.weights`). Each group's recurrent product is one
-``Gemm(h, RT_g, C=ax_g)`` (``h RT_g + ax_g``: the input term rides in Gemm's C operand, no separate Add), and
-an activation directly after a Gemm is fused into it by onnxruntime (``FusedGemm``). Equations, ONNX gate
-order, ``∘`` the elementwise product::
+Shapes: the state ``h`` (and ``c``) is ``[B, H]`` (fgr's and clockwork's ``c`` are ``[B, 4H]`` and ``[B, 1]``);
+``ax[g]`` is the input term ``x W_g^T + b_g`` of gate group ``g`` (``[B, |g|]``, see :mod:`model.export.weights`).
+Each group's recurrent product is one ``Gemm(h, RT_g, C=ax_g)`` (``h RT_g + ax_g``: the input term rides in
+Gemm's C operand, no separate Add), and an activation directly after a Gemm is fused into it by onnxruntime
+(``FusedGemm``). Equations, ONNX gate order, ``∘`` the elementwise product::
 
     lstm      [i o f] = σ(h R_iof^T + ax_iof);  c~ = tanh(h R_c^T + ax_c)
               c' = f∘c + i∘c~;  h' = o∘tanh(c')
@@ -18,6 +18,12 @@ order, ``∘`` the elementwise product::
     gru-lbr   [z r] = σ(h R_zr^T + ax_zr);  u = h R_h^T + Rb;  h~ = tanh(ax_h + r∘u)
               h' = h~ + z∘(h - h~)
     rnn       h' = tanh(h R^T + ax)
+    nig nfg nog niaf noaf   peephole without i, f or o (the gate is 1), without c~'s tanh, without h's tanh
+              (Greff et al. 2015; :mod:`model.export.greff`)
+    depth-gated  as lstm, plus d = σ(ax_d + c∘w_cd + low∘w_ld) and c' += d∘low, low = the lower layer's
+              new cell (:mod:`model.export.depth`; layer 0 is the plain lstm step)
+    fgr       peephole whose i, o, f also read the previous gates: c is [c; i; o; f] [B, 4H] (model.export.fgr)
+    clockwork h' = Where(tick, tanh(h (R∘mask)^T + ax), h); c is the step counter [B, 1] (model.export.clockwork)
 
 The same emitter builds the body of the sequence graph's ``Scan`` and the single step graph, so the two
 graphs cannot disagree about the math. With ``gemm=False`` products are ``MatMul`` + ``Add`` instead,
@@ -30,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from model.cells.greff import GREFF_CELLS
 from model.export.builder import GraphBuilder
 from model.export.weights import GROUPS, LayerWeights
 
@@ -45,6 +52,9 @@ class LayerNames:
     P_if: str | None = None
     P_o: str | None = None
     Rb: str | None = None
+    w_cd: str | None = None  # depth-gated above layer 0: the depth gate's weights on c and on the lower cell
+    w_ld: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)  # cell-specific constants: layer{l}/{key} (fgr, clockwork)
 
 
 def register_layer(gb: GraphBuilder, lw: LayerWeights, l: int) -> LayerNames:
@@ -54,14 +64,22 @@ def register_layer(gb: GraphBuilder, lw: LayerWeights, l: int) -> LayerNames:
         WT = {g: gb.const(f"WT_{g}", a) for g, a in lw.WT.items()}
         b = {g: gb.const(f"b_{g}", a) for g, a in lw.b.items()}
         table = {g: gb.const(f"table_{g}", a) for g, a in lw.table.items()}
-        P_if = P_o = Rb = None
-        if lw.P is not None:
-            H = lw.P.shape[0] // 3
-            P_if = gb.const("P_if", np.concatenate([lw.P[:H], lw.P[2 * H :]]))  # ONNX order i, o, f
-            P_o = gb.const("P_o", lw.P[H : 2 * H])
+        P_if = P_o = Rb = w_cd = w_ld = None
+        if lw.P is not None:  # blocks of the gates in lw.peepholes (ONNX order i, o, f; Greff cells lack one)
+            H = lw.P.shape[0] // len(lw.peepholes)
+            P = {g: lw.P[k * H : (k + 1) * H] for k, g in enumerate(lw.peepholes)}
+            sees_c = "".join(g for g in "if" if g in P)  # the gates whose peepholes see the old cell
+            if sees_c:
+                P_if = gb.const(f"P_{sees_c}", np.concatenate([P[g] for g in sees_c]))
+            if "o" in P:
+                P_o = gb.const("P_o", P["o"])
         if lw.Rb is not None:
             Rb = gb.const("Rb", lw.Rb)
-    return LayerNames(RT=RT, WT=WT, b=b, table=table, P_if=P_if, P_o=P_o, Rb=Rb)
+        if lw.D is not None:
+            H = lw.D.shape[0] // 2
+            w_cd, w_ld = gb.const("w_cd", lw.D[:H]), gb.const("w_ld", lw.D[H:])
+        extra = {k: gb.const(k, a) for k, a in lw.extra.items()}
+    return LayerNames(RT=RT, WT=WT, b=b, table=table, P_if=P_if, P_o=P_o, Rb=Rb, w_cd=w_cd, w_ld=w_ld, extra=extra)
 
 
 def product(gb: GraphBuilder, x: str, weight: str, add: str, leaf: str, gemm: bool) -> str:
@@ -89,15 +107,36 @@ def emit_step(
     out_h: str | None = None,
     out_c: str | None = None,
     gemm: bool = True,
+    low: str | None = None,
 ) -> tuple[str, str | None]:
     """Emit one step of ``cell`` under the current scope; returns the names of ``(h', c')``.
 
     ``out_h``/``out_c`` name the new state tensors (graph outputs such as ``h0_out``); by default they are
-    named after their nodes.
+    named after their nodes. ``low`` is the lower layer's new cell ``[B, H]`` (depth-gated above layer 0).
     """
+    if cell == "depth-gated":
+        assert c is not None
+        from model.export.depth import emit_depth_gated  # it builds on this module's helpers
+
+        return emit_depth_gated(gb, names, ax, h, c, low, out_h, out_c, gemm)
     if cell in ("lstm", "cifg", "peephole"):
         assert c is not None
         return _lstm_family(gb, cell, names, ax, h, c, out_h, out_c, gemm)
+    if cell in GREFF_CELLS:
+        assert c is not None
+        from model.export.greff import emit_greff  # it builds on this module's helpers
+
+        return emit_greff(gb, cell, names, ax, h, c, out_h, out_c, gemm)
+    if cell == "fgr":
+        assert c is not None
+        from model.export.fgr import emit_fgr  # it builds on this module's helpers
+
+        return emit_fgr(gb, names, ax, h, c, out_h, out_c, gemm)
+    if cell == "clockwork":
+        assert c is not None
+        from model.export.clockwork import emit_clockwork  # it builds on this module's helpers
+
+        return emit_clockwork(gb, names, ax, h, c, out_h, out_c, gemm)
     if cell in ("gru", "gru-lbr"):
         return _gru(gb, cell, names, ax, h, out_h, gemm), None
     if cell == "rnn":
@@ -167,9 +206,17 @@ def _gru(
 
 def input_terms_from_rows(gb: GraphBuilder, cell: str, names: LayerNames, x: str, gemm: bool) -> dict[str, str]:
     """``ax_g = x WT_g + b_g`` for every group of ``cell``, x ``[B, X]`` (a step of a deeper layer)."""
-    return {g.name: product(gb, x, names.WT[g.name], names.b[g.name], f"input_{g.name}", gemm) for g in GROUPS[cell]}
+    return {
+        g.name: product(gb, x, names.WT[g.name], names.b[g.name], f"input_{g.name}", gemm)
+        for g in GROUPS[cell]
+        if g.name in names.WT  # depth-gated's layer 0 has no d group
+    }
 
 
 def input_terms_from_tokens(gb: GraphBuilder, cell: str, names: LayerNames, tokens: str) -> dict[str, str]:
     """``ax_g = table_g[tokens]``: the folded embedding + input projection, one Gather per group."""
-    return {g.name: gb.op1("Gather", [names.table[g.name], tokens], f"input_{g.name}") for g in GROUPS[cell]}
+    return {
+        g.name: gb.op1("Gather", [names.table[g.name], tokens], f"input_{g.name}")
+        for g in GROUPS[cell]
+        if g.name in names.table  # depth-gated's layer 0 has no d group
+    }

@@ -100,7 +100,7 @@ def build_manifest(
                 "output": s.out_name,
                 "layer": s.layer,
                 "kind": s.kind,
-                "shape": ["batch", cfg.hidden],
+                "shape": ["batch", s.width],
                 "dtype": "float32",
             }
             for s in state_tensors(cfg)
@@ -193,6 +193,11 @@ def load_model_dir(path: str | os.PathLike[str]) -> ModelDir:
     states = state_tensors(cfg)
     if [s.get("name") for s in m["states"]] != [s.name for s in states]:
         raise CheckpointError(f"{mpath}: state tensors do not match the {cfg.cell} x {cfg.layers} config")
+    for entry, s in zip(m["states"], states, strict=True):
+        if entry.get("shape") != ["batch", s.width]:
+            raise CheckpointError(
+                f"{mpath}: state {s.name!r} has shape {entry.get('shape')!r}, the config needs ['batch', {s.width}]"
+            )
     for key, fname in GRAPH_FILES.items():
         entry = m["graphs"].get(key)
         if not isinstance(entry, dict) or entry.get("file") != fname:

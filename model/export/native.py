@@ -11,14 +11,27 @@ ops. Mapping of our parameters (ONNX layout already, time-major ``X [T, B, X]``;
     gru       linear_before_reset=0; B = [b, 0]
     gru-lbr   linear_before_reset=1; B = [b, (0, 0, Rb)]  (Wb_h = b_h, Rb_h = Rb)
     rnn       Tanh; B = [b, 0]
+    nig, nfg, nog   the removed gate's block inserted into W, R (zeros) and b (+50: σ(50) = 1 in float32,
+              the gate held open), a zero peephole in P; ONNX order i, o, f, c restored
+    niaf      activations [Sigmoid, Affine, Tanh], Affine(α=1, β=0) = identity for c~
+    noaf      activations [Sigmoid, Tanh, Affine]: h = o∘c'
+
+``depth-gated`` has no native form (its step reads the lower layer's new cell, which stacked native ops
+cannot pass between layers), nor do ``fgr`` (gates that see the previous gates) and ``clockwork`` (modules
+that keep their value between ticks): :func:`require_native` raises :class:`ConfigError` and the oracle tests
+skip them.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 
+from model.cells.greff import GREFF_CELLS, GreffCell
 from model.config import ModelConfig
+from model.errors import ConfigError
 from model.export.builder import FLOAT, INT64, GraphBuilder, make_model
 from model.export.sequence import declare_inputs, declare_outputs, emit_head_outputs, time_major
 from model.export.signature import BATCH, output_width, state_tensors
@@ -26,14 +39,18 @@ from model.export.step import register_head
 from model.export.weights import F32, check_params
 
 OP = {"lstm": "LSTM", "peephole": "LSTM", "cifg": "LSTM", "gru": "GRU", "gru-lbr": "GRU", "rnn": "RNN"}
+OP.update({name: "LSTM" for name in GREFF_CELLS})
+
+#: The bias that holds a removed gate open in the native graph: σ(50) rounds to 1 in float32.
+OPEN = 50.0
 
 
-def native_weights(cfg: ModelConfig, p: dict[str, F32], l: int) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+def native_weights(cfg: ModelConfig, p: dict[str, F32], l: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """``W``, ``R``, ``B`` (and ``P``) of layer ``l`` for the native operator (leading direction axis), and
     the operator's extra attributes."""
     W, R, b = (p[f"layer{l}/{k}"] for k in ("W", "R", "b"))
     H = cfg.hidden
-    attrs: dict[str, int] = {}
+    attrs: dict[str, Any] = {}
     Rb = np.zeros_like(b)
     if cfg.cell == "cifg":  # insert a zero forget block: [i, o, c] -> [i, o, 0, c]
 
@@ -47,9 +64,31 @@ def native_weights(cfg: ModelConfig, p: dict[str, F32], l: int) -> tuple[dict[st
         attrs["linear_before_reset"] = 1
     if cfg.cell == "gru":
         attrs["linear_before_reset"] = 0
+    if cfg.cell in GREFF_CELLS:
+        return _greff_weights(GREFF_CELLS[cfg.cell], W, R, b, p[f"layer{l}/P"], H)
     w = {"W": W[None], "R": R[None], "B": np.concatenate([b, Rb])[None]}
     if cfg.cell == "peephole":
         w["P"] = p[f"layer{l}/P"][None]
+    return w, attrs
+
+
+def _greff_weights(
+    spec: GreffCell, W: np.ndarray, R: np.ndarray, b: np.ndarray, P: np.ndarray, H: int
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A Greff variant as the native LSTM: the removed gate held open, identity activations as Affine(1, 0)."""
+
+    def widen(a: np.ndarray, have: str, full: str, fill: float = 0.0) -> np.ndarray:
+        blocks = {g: a[k * H : (k + 1) * H] for k, g in enumerate(have)}
+        return np.concatenate([blocks[g] if g in blocks else np.full_like(a[:H], fill) for g in full])
+
+    W4, R4 = widen(W, spec.gates, "iofc"), widen(R, spec.gates, "iofc")
+    b4 = widen(b, spec.gates, "iofc", OPEN)
+    w = {"W": W4[None], "R": R4[None], "B": np.concatenate([b4, np.zeros_like(b4)])[None]}
+    w["P"] = widen(P, spec.peepholes, "iof")[None]
+    acts = ["Sigmoid", "Tanh" if spec.input_act else "Affine", "Tanh" if spec.output_act else "Affine"]
+    attrs: dict[str, Any] = {"activations": acts}
+    if "Affine" in acts:
+        attrs["activation_alpha"], attrs["activation_beta"] = [1.0], [0.0]
     return w, attrs
 
 
@@ -76,8 +115,16 @@ def _native_layer(
     return y, hT, cT
 
 
+def require_native(cfg: ModelConfig) -> None:
+    """Raise :class:`ConfigError` for a cell no native operator expresses (e.g. ``depth-gated``, whose step
+    reads the lower layer's cell): the oracle skips those cells."""
+    if cfg.cell not in OP:
+        raise ConfigError(f"cell: {cfg.cell!r} has no native ONNX operator; the native oracle covers {', '.join(OP)}")
+
+
 def native_sequence_model(cfg: ModelConfig, params: dict[str, np.ndarray]) -> onnx.ModelProto:
     """``sequence.onnx``'s interface on the native operators (``lengths`` must be >= 1)."""
+    require_native(cfg)
     p = check_params(cfg, params)
     gb = GraphBuilder("native_sequence")
     x, lengths = declare_inputs(gb, cfg)
@@ -97,6 +144,7 @@ def native_sequence_model(cfg: ModelConfig, params: dict[str, np.ndarray]) -> on
 
 def native_step_model(cfg: ModelConfig, params: dict[str, np.ndarray]) -> onnx.ModelProto:
     """``step.onnx``'s interface on the native operators (a sequence of length 1)."""
+    require_native(cfg)
     p = check_params(cfg, params)
     gb = GraphBuilder("native_step")
     if cfg.token_input:

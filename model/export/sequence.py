@@ -7,7 +7,8 @@ Time-major inside (``Scan`` slices axis 0)::
                                                                       embedding, gathered inside the body)
     AX_g    = Y_{l-1} WT_g + b_g            deeper layers / numeric  [T, B, |g|]  (one large MatMul + Add,
     Scan_l  carries (h, c); scans AX_g[t]                                         outside the loop)
-            per-step outputs Y_l[t] = h_t, C_l[t] = c_t             [T, B, H]
+            per-step outputs Y_l[t] = h_t, C_l[t] = c_t             [T, B, H], [T, B, C]
+            depth-gated, l > 0: C_{l-1} is one more scan input (step t reads c_t of layer l-1)
     logits  = Y_top head_WT + head_b                                [T, B, V]    (once, outside the loop)
     score[t, b] = log_softmax(logits[t, b])[tok[t+1, b]]
 
@@ -56,7 +57,8 @@ def build_sequence(
         with gb.scope(f"layer{l}"):
             in_body = l == 0 and cfg.token_input  # the scan input is the token column itself
             ax = [xt] if in_body else _input_terms(gb, cfg, names[l], y)
-            y, cseq = _scan(gb, cfg, names[l], l, ax, gemm, in_body)
+            low = seqs[-1][1] if cfg.cell == "depth-gated" and l > 0 else None  # the layer below's cells
+            y, cseq = _scan(gb, cfg, names[l], l, ax, gemm, in_body, low)
             seqs.append((y, cseq))
     with gb.scope("final_state"):
         idx, has_steps = _last_step_index(gb, lens)
@@ -78,7 +80,7 @@ def declare_inputs(gb: GraphBuilder, cfg: ModelConfig) -> tuple[str, str]:
         x = gb.input("inputs", FLOAT, [BATCH, TIME, cfg.input_dim])
     lengths = gb.input("lengths", INT64, [BATCH])
     for s in state_tensors(cfg):
-        gb.input(s.name, FLOAT, [BATCH, cfg.hidden])
+        gb.input(s.name, FLOAT, [BATCH, s.width])
     return x, lengths
 
 
@@ -89,7 +91,7 @@ def declare_outputs(gb: GraphBuilder, cfg: ModelConfig) -> None:
     else:
         gb.output("outputs", FLOAT, [BATCH, TIME, output_width(cfg)])
     for s in state_tensors(cfg):
-        gb.output(s.out_name, FLOAT, [BATCH, cfg.hidden])
+        gb.output(s.out_name, FLOAT, [BATCH, s.width])
 
 
 def time_major(gb: GraphBuilder, cfg: ModelConfig, x: str, lengths: str) -> tuple[str, str]:
@@ -119,39 +121,56 @@ def _input_terms(gb: GraphBuilder, cfg: ModelConfig, names: LayerNames, y: str) 
     """Every step's input terms ``AX_g = y WT_g + b_g`` ``[T, B, |g|]``, one tensor per gate group (no Split)."""
     out = []
     for g in GROUPS[cfg.cell]:
+        if g.name not in names.WT:  # depth-gated's layer 0 has no d group
+            continue
         mm = gb.op1("MatMul", [y, names.WT[g.name]], f"input_{g.name}/matmul")
         out.append(gb.op1("Add", [mm, names.b[g.name]], f"input_{g.name}"))
     return out
 
 
 def _scan(
-    gb: GraphBuilder, cfg: ModelConfig, names: LayerNames, l: int, ax: list[str], gemm: bool, tokens_in_body: bool
+    gb: GraphBuilder,
+    cfg: ModelConfig,
+    names: LayerNames,
+    l: int,
+    ax: list[str],
+    gemm: bool,
+    tokens_in_body: bool,
+    low: str | None = None,
 ) -> tuple[str, str | None]:
-    """One Scan over time for layer ``l``; returns the per-step ``h`` (and ``c``) sequences ``[T, B, H]``."""
+    """One Scan over time for layer ``l``; returns the per-step ``h`` ``[T, B, H]`` (and ``c`` ``[T, B, C]``)
+    sequences.
+
+    ``low`` (depth-gated above layer 0) is the layer below's cell sequence ``[T, B, H]``, one more scan input.
+    """
     H = cfg.hidden
     body = gb.sub(f"layer{l}_step")
     with body.scope("step"):
         h = body.input(body.path("h"), FLOAT, [BATCH, H])
-        c = body.input(body.path("c"), FLOAT, [BATCH, H]) if cfg.has_c else None
+        c = body.input(body.path("c"), FLOAT, [BATCH, cfg.c_width]) if cfg.has_c else None
         if tokens_in_body:  # the scan input is the token column; the folded tables are gathered per step
             tok = body.input(body.path("tokens"), INT64, [BATCH])
             ax_t = input_terms_from_tokens(body, cfg.cell, names, tok)
         else:
             ax_t = {}
             for g in GROUPS[cfg.cell]:
+                if g.name not in names.WT:  # depth-gated's layer 0 has no d group
+                    continue
                 width = len(g.blocks) * H
                 ax_t[g.name] = body.input(body.path(f"ax_{g.name}"), FLOAT, [BATCH, width])
-        h2, c2 = emit_step(body, cfg.cell, names, ax_t, h, c, gemm=gemm)
+        low_t = None if low is None else body.input(body.path("c_low"), FLOAT, [BATCH, H])
+        h2, c2 = emit_step(body, cfg.cell, names, ax_t, h, c, gemm=gemm, low=low_t)
         # Scan needs distinct tensors for the carried state and the per-step output.
         hs = body.op1("Identity", [h2], "h_seq")
         cs = body.op1("Identity", [c2], "c_seq") if c2 is not None else None
     carried = [h2] if c2 is None else [h2, c2]
     per_step = [hs] if cs is None else [hs, cs]
     for name in carried + per_step:
-        body.output(name, FLOAT, [BATCH, H])
+        body.output(name, FLOAT, [BATCH, cfg.c_width if name in (c2, cs) else H])
     init = [f"h{l}"] + ([f"c{l}"] if cfg.has_c else [])
     outs = ["h_last"] + (["c_last"] if cfg.has_c else []) + ["h_seq"] + (["c_seq"] if cfg.has_c else [])
-    res = gb.op("Scan", init + ax, "scan", outs=outs, body=body.graph(), num_scan_inputs=len(ax))
+    scanned = ax + ([] if low is None else [low])
+    res = gb.op("Scan", init + scanned, "scan", outs=outs, body=body.graph(), num_scan_inputs=len(scanned))
     if cfg.has_c:
         return res[2], res[3]
     return res[1], None

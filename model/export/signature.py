@@ -5,7 +5,8 @@ This is the contract callers (the service, offline scoring) code against; ``mode
 ``step.onnx`` (one time step; ``B`` dynamic)::
 
     inputs   tokens [B] int64        (numeric models: inputs [B, X] float32)
-             h{l} [B, H], c{l} [B, H] per layer l (c only for lstm, peephole, cifg)
+             h{l} [B, H], c{l} [B, C] per layer l (c only for cells with one; C = cfg.c_width: H for the
+                                     LSTM family, 4H for fgr ([c; i; o; f]), 1 for clockwork (step counter))
     outputs  logprobs [B, V]         (numeric: output [B, O])
              h{l}_out, c{l}_out      the new state
 
@@ -36,11 +37,12 @@ TIME_M1 = "time_minus_1"
 
 @dataclass(frozen=True)
 class StateTensor:
-    """One state tensor: ``h{l}`` or ``c{l}``, shape ``[batch, H]`` float32."""
+    """One state tensor: ``h{l}`` ``[batch, H]`` or ``c{l}`` ``[batch, C]`` (C = ``cfg.c_width``), float32."""
 
     name: str
     layer: int
     kind: str  # "h" or "c"
+    width: int  # H for h; cfg.c_width for c
 
     @property
     def out_name(self) -> str:
@@ -50,10 +52,11 @@ class StateTensor:
 def state_tensors(cfg: ModelConfig) -> list[StateTensor]:
     """The state inputs in graph order: ``h0, c0, h1, c1, ...`` (no ``c`` for GRU and RNN)."""
     out: list[StateTensor] = []
+    C = cfg.c_width
     for l in range(cfg.layers):
-        out.append(StateTensor(f"h{l}", l, "h"))
-        if cfg.has_c:
-            out.append(StateTensor(f"c{l}", l, "c"))
+        out.append(StateTensor(f"h{l}", l, "h", cfg.hidden))
+        if C:
+            out.append(StateTensor(f"c{l}", l, "c", C))
     return out
 
 

@@ -4,7 +4,7 @@ For token models::
 
     ax_g    = table_g[tokens]                      layer 0: the folded embedding (one Gather per group)
     ax_g    = h_{l-1}' WT_g + b_g                  layers l > 0
-    h_l', c_l' = cell step (model.export.cells)
+    h_l', c_l' = cell step (model.export.cells)           depth-gated: layer l's step also reads c_{l-1}'
     logprobs = log_softmax(h_{L-1}' head_WT + head_b)          [B, V]
 
 Numeric models read ``inputs [B, X]`` (layer 0 uses ``WT``/``b`` like deeper layers) and emit the linear
@@ -44,16 +44,16 @@ def build_step(
 ) -> onnx.ModelProto:
     """The step graph of ``cfg`` with weights ``layers`` (from :func:`weights.prepare`) and the head."""
     gb = GraphBuilder("seqpred_step")
-    H = cfg.hidden
     token = cfg.token_input
     x = gb.input("tokens", INT64, [BATCH]) if token else gb.input("inputs", FLOAT, [BATCH, cfg.input_dim])
     states = state_tensors(cfg)
     for s in states:
-        gb.input(s.name, FLOAT, [BATCH, H])
+        gb.input(s.name, FLOAT, [BATCH, s.width])
     names: list[LayerNames] = [register_layer(gb, lw, l) for l, lw in enumerate(layers)]
     head_WT, head_b = register_head(gb, params)
 
     h = x
+    low: str | None = None  # depth-gated: the layer below's new cell c{l-1}_out (None at layer 0)
     for l in range(cfg.layers):
         with gb.scope(f"layer{l}"):
             if l == 0 and cfg.token_input:
@@ -61,7 +61,7 @@ def build_step(
             else:
                 ax = input_terms_from_rows(gb, cfg.cell, names[l], h, gemm)
             c = f"c{l}" if cfg.has_c else None
-            h, _ = emit_step(
+            h, c_new = emit_step(
                 gb,
                 cfg.cell,
                 names[l],
@@ -71,7 +71,9 @@ def build_step(
                 out_h=f"h{l}_out",
                 out_c=f"c{l}_out" if cfg.has_c else None,
                 gemm=gemm,
+                low=low,
             )
+            low = c_new if cfg.cell == "depth-gated" else None
     with gb.scope("head"):
         out = product(gb, h, head_WT, head_b, "logits" if cfg.token_input else "linear", gemm)
         if cfg.token_input:
@@ -80,5 +82,5 @@ def build_step(
             gb.op_to("Identity", [out], ["output"], "output")
     gb.output("logprobs" if cfg.token_input else "output", FLOAT, [BATCH, output_width(cfg)])
     for s in states:
-        gb.output(s.out_name, FLOAT, [BATCH, H])
+        gb.output(s.out_name, FLOAT, [BATCH, s.width])
     return make_model(gb.graph(), {**metadata, "graph": "step"}, doc="seqpred: one time step")
