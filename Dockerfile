@@ -28,7 +28,9 @@ COPY service ./service
 RUN test -f service/default_model/model.json || { \
       echo "service/default_model/model.json is missing: export the default model before building" \
            "(seqpred export RUN --out service/default_model)" >&2; exit 1; }
-RUN pip install . \
+# redis: the client of the shared session store (--store redis; the `redis` extra, listed here because the image
+# installs no extras).
+RUN pip install . "redis>=5" \
  && if [ "${ORT_PACKAGE}" != "onnxruntime" ]; then pip uninstall -y onnxruntime && pip install "${ORT_PACKAGE}"; fi
 # The default model is data, not Python code: copy it next to the installed package, where
 # service.settings.DEFAULT_MODEL_DIR points. Run from / so that the installed package is imported, not /src.

@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PORT   ?= 50051
 
-.PHONY: install run train-demo test test-slow lint typecheck proto proto-check bench docker clean
+.PHONY: install run train-demo test test-slow lint typecheck proto proto-check bench soak docker clean redis-server
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,8 +35,18 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
-test: lint typecheck
+test: lint typecheck redis-server
 	$(PY) -m pytest
+
+# The shared-store tests start their own redis-server (Debian's package); installed here when missing (needs root
+# or sudo; if that fails, those tests are skipped and say why). Quiet and instant when it is already there.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server (apt-get) for the shared-store tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server; } \
+	    >/dev/null 2>&1 || echo "warning: could not install redis-server; the shared-store tests will be skipped"; \
+	}
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
@@ -55,6 +65,12 @@ bench: $(STAMP)
 	@echo "  $(PY) bench/export_speed.py  # sequence.onnx / step.onnx vs onnxruntime's native LSTM op"
 	@echo "  $(PY) bench/serve_load.py    # gRPC service vs a bare grpc.aio echo server"
 	@echo "  $(PY) bench/score_speed.py   # offline scoring vs PyTorch and the native op"
+	@echo "  $(PY) bench/soak.py          # streams for minutes, disconnects, every response checked (make soak)"
+
+# Soak the service (bench/soak.py): 32 streams for 5 minutes with random disconnects, every response checked
+# offline; e.g. make soak SOAK_ARGS="--streams 16 --minutes 3" or SOAK_ARGS="--durability sync --kill-every 20".
+soak: $(STAMP)
+	$(PY) bench/soak.py --json $(SOAK_ARGS)
 
 docker:
 	docker build -t seqpred .

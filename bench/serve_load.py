@@ -244,13 +244,12 @@ def offline_prompt_rate(model: Path, prompts: np.ndarray, batch: int, duration: 
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(bundle.sequence_path), opts, providers=["CPUExecutionProvider"])
-    names = [i.name for i in sess.get_inputs() if i.name not in ("tokens", "lengths")]
-    H = bundle.config.hidden
+    widths = {i.name: int(i.shape[1]) for i in sess.get_inputs() if i.name not in ("tokens", "lengths")}
     n = done = 0
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < duration or n == 0:
         x = np.stack([prompts[(n * batch + b) % len(prompts)] for b in range(batch)])
-        feeds: dict[str, Any] = {k: np.zeros((batch, H), np.float32) for k in names}
+        feeds: dict[str, Any] = {k: np.zeros((batch, w), np.float32) for k, w in widths.items()}  # c: c_width
         feeds["tokens"], feeds["lengths"] = x, np.full(batch, x.shape[1], np.int64)
         sess.run(["token_logprobs", "next_logprobs"], feeds)
         done += x.size
@@ -347,6 +346,10 @@ def main() -> int:
     p.add_argument("--prompt-len", type=int, default=256)
     p.add_argument("--idle-sessions", type=int, default=100_000, help="sessions for the memory check (0 = skip)")
     p.add_argument("--server-args", default="", help="extra flags for the service, e.g. '--batch-wait-us 200'")
+    p.add_argument(
+        "--durability", default="none", choices=("none", "periodic", "sync"), help="the service's --durability"
+    )
+    p.add_argument("--state-dir", default=None, help="its --state-dir (default: a fresh temporary directory)")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the results")
     a = p.parse_args()
     if a.role == "echo":
@@ -362,7 +365,12 @@ def main() -> int:
         V = cfg.vocab_size
         out["model"] = {"path": str(model), "cell": cfg.cell, "layers": cfg.layers, "hidden": cfg.hidden, "vocab": V}
         echo = start_echo()
-        svc = start_service(model, *a.server_args.split())
+        server_args = a.server_args.split()
+        if a.durability != "none":
+            state_dir = a.state_dir or tempfile.mkdtemp(prefix="seqpred-bench-state-")
+            server_args += ["--durability", a.durability, "--state-dir", state_dir]
+            out["durability"] = {"mode": a.durability, "state_dir": state_dir}
+        svc = start_service(model, *server_args)
         try:
             for n in levels:
                 e = measure(echo, n, a.duration, V)
@@ -379,7 +387,7 @@ def main() -> int:
         if a.idle_sessions:
             out["memory"] = idle_memory(model, a.idle_sessions, V)
 
-    print(f"model: {out['model']}")
+    print(f"model: {out['model']}" + (f", durability: {out['durability']}" if "durability" in out else ""))
     print(
         f"{'streams':>7} | {'echo tok/s':>10} | {'svc tok/s':>10} | {'ratio':>5} | {'echo p50/p99 ms':>15} | "
         f"{'svc p50/p99 ms':>15} | {'server CPU us/tok echo/svc':>26}"

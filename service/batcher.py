@@ -21,9 +21,10 @@ servicer) nothing could join a batch, and the job runs at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
@@ -172,10 +173,29 @@ class Batcher:
         #: else and runs at once. Left at its default, batches are always formed on the next turn of the loop.
         self.open_rpcs = 1 << 30
         self.batch_hook: Callable[[str, list[Job]], None] | None = None  # tests: sees every batch formed
+        #: ``journal(slot, tokens, position)`` for every job that consumed tokens, as soon as it is booked and
+        #: before any later job of its session runs or its future resolves (persistence hooks).
+        self.journal: Callable[[int, Any, int], None] | None = None
+        self._paused = 0  # quiesce() in progress: no new batch starts
 
     @staticmethod
     def threaded(runtime: Runtime, store: SessionStore, **kw: Any) -> Batcher:
         return Batcher(runtime, store, executor=ThreadPoolExecutor(2, thread_name_prefix="seqpred-batch"), **kw)
+
+    @contextlib.asynccontextmanager
+    async def quiesce(self) -> AsyncIterator[None]:
+        """Inside, no batch runs (the running ones are waited for) and none starts: session states hold still."""
+        self._paused += 1
+        try:
+            while self._step.busy or self._seq.busy:
+                await asyncio.sleep(0.0005)
+            yield
+        finally:
+            self._paused -= 1
+            if not self._paused:
+                for lane in (self._step, self._seq):
+                    if lane.ready and not lane.soon and not lane.busy:
+                        self._schedule(lane)
 
     def close(self) -> None:
         if self.executor is not None:
@@ -270,7 +290,7 @@ class Batcher:
         if lane.timer is not None:
             lane.timer.cancel()
             lane.timer = None
-        if lane.busy or not lane.ready:
+        if lane.busy or not lane.ready or self._paused:
             return
         jobs = self._take(lane)
         lane.target = len(jobs)
@@ -328,6 +348,8 @@ class Batcher:
             if j.kind != HEAD and err is None and j.error is None:
                 n = 1 if j.kind == STEP else len(j.tokens)
             j.position = self.store.finish(slot, n)
+            if n and self.journal is not None:
+                self.journal(slot, j.tokens, j.position)
             q = self._waiting.get(slot)
             if q:
                 self._ready(q.popleft())

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from model.errors import EXIT_INTERRUPTED, SeqpredError, report_error
@@ -68,7 +69,35 @@ def client_parser(prog: str = "seqpred client") -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy, the default)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server")
+    sec = p.add_argument_group("security")
+    sec.add_argument("--tls", action="store_true", help="connect with TLS, verifying the server by the system's CAs")
+    for flag, env, what in (
+        ("--ca-file", "SEQPRED_CA_FILE", "PEM CA certificates to verify the server with (implies --tls)"),
+        ("--cert-file", "SEQPRED_CERT_FILE", "PEM client certificate for mutual TLS (implies --tls)"),
+        ("--key-file", "SEQPRED_KEY_FILE", "PEM private key of --cert-file"),
+        ("--token-file", "SEQPRED_TOKEN_FILE", "file holding the bearer token (env SEQPRED_TOKEN: the token itself)"),
+    ):
+        sec.add_argument(flag, default=os.environ.get(env) or None, metavar="FILE", help=f"{what} (env {env})")
     return p
+
+
+def _security(args: argparse.Namespace) -> tuple[Any, str | None]:
+    """``(channel credentials or None, bearer token or None)`` from the security flags."""
+    from service.errors import SettingsError
+    from service.tls import channel_credentials
+
+    creds = None
+    if args.tls or args.ca_file or args.cert_file or args.key_file:
+        creds = channel_credentials(args.ca_file, args.cert_file, args.key_file)
+    token = os.environ.get("SEQPRED_TOKEN") or None
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise SettingsError(f"--token-file: cannot read {args.token_file!r}: {e}") from None
+        if not token:
+            raise SettingsError(f"--token-file: {args.token_file!r} is empty")
+    return creds, token
 
 
 def _shown(text: str) -> str:
@@ -85,7 +114,11 @@ def main_client(argv: Sequence[str] | None = None, stdin: TextIO | None = None, 
     out = stdout or sys.stdout
     if args.top_k < 0 or args.generate < 0 or args.complete < 0 or args.temperature < 0:
         return report_error("--top-k, --generate, --complete and --temperature must be >= 0")
-    client = Client(args.target, timeout=args.timeout)
+    try:
+        creds, token = _security(args)
+    except SeqpredError as e:
+        return report_error(e)
+    client = Client(args.target, timeout=args.timeout, credentials=creds, token=token)
     try:
         try:
             client.wait_ready(args.timeout)

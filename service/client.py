@@ -12,6 +12,9 @@
 A session lives on the server until it is ended (``end()``, ``end=True``), closed (``close_session``) or evicted
 for idleness; leaving a ``with c.session()`` block only closes the stream, unless ``end_on_exit`` is set. Errors
 the server reports for a request raise :class:`RequestError` with the gRPC status code and message.
+
+Security: ``credentials`` (from :func:`service.tls.channel_credentials`) makes the channel TLS (mutual TLS with
+a client certificate); ``token`` is sent as ``authorization: Bearer TOKEN`` with every RPC.
 """
 
 from __future__ import annotations
@@ -146,6 +149,10 @@ def make_request(
     return req
 
 
+def _metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    return (("authorization", f"Bearer {token}"),) if token else None
+
+
 def _raise_rpc(e: grpc.RpcError) -> RequestError:
     return RequestError(e.code(), e.details() or "")
 
@@ -177,11 +184,13 @@ _END = object()
 class Session:
     """One bidirectional stream bound to one server-side session (created on the first request)."""
 
-    def __init__(self, stub: pb_grpc.SeqPredStub, session_id: str = "", end_on_exit: bool = False) -> None:
+    def __init__(
+        self, stub: pb_grpc.SeqPredStub, session_id: str = "", end_on_exit: bool = False, metadata: Any = None
+    ) -> None:
         self.session_id = session_id
         self.end_on_exit = end_on_exit
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._call = stub.Stream(iter(self._q.get, _END))
+        self._call = stub.Stream(iter(self._q.get, _END), metadata=metadata)
         self._unfinished = False
 
     def _read(self) -> pb.StreamResponse:
@@ -270,27 +279,46 @@ class Session:
 class Client:
     """Blocking client: unary RPCs and :meth:`session` streams over one channel."""
 
-    def __init__(self, target: str, *, timeout: float | None = None, channel: grpc.Channel | None = None) -> None:
-        self.channel = channel if channel is not None else grpc.insecure_channel(target)
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float | None = None,
+        channel: grpc.Channel | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+    ) -> None:
+        if channel is None:
+            channel = grpc.insecure_channel(target) if credentials is None else grpc.secure_channel(target, credentials)
+        self.channel = channel
         self.stub = pb_grpc.SeqPredStub(self.channel)
         self.timeout = timeout
+        self.metadata = _metadata(token)
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
 
     def session(self, session_id: str = "", *, end_on_exit: bool = False) -> Session:
-        return Session(self.stub, session_id, end_on_exit)
+        return Session(self.stub, session_id, end_on_exit, self.metadata)
 
     def predict(self, text: str | None = None, tokens: Sequence[int] | None = None, **kw: Any) -> Result:
         """One unary request (see :func:`make_request` for the keywords)."""
         try:
-            return _result(self.stub.Predict(make_request(text=text, tokens=tokens, **kw), timeout=self.timeout))
+            return _result(
+                self.stub.Predict(
+                    make_request(text=text, tokens=tokens, **kw), timeout=self.timeout, metadata=self.metadata
+                )
+            )
         except grpc.RpcError as e:
             raise _raise_rpc(e) from None
 
     def score(self, sequences: Sequence[str | Sequence[int]], top_k: int = 0) -> list[SequenceScore]:
         try:
-            resp = self.stub.Score(pb.ScoreRequest(sequences=_sequences(sequences), top_k=top_k), timeout=self.timeout)
+            resp = self.stub.Score(
+                pb.ScoreRequest(sequences=_sequences(sequences), top_k=top_k),
+                timeout=self.timeout,
+                metadata=self.metadata,
+            )
         except grpc.RpcError as e:
             raise _raise_rpc(e) from None
         return _scores(resp)
@@ -298,20 +326,26 @@ class Client:
     def close_session(self, session_id: str) -> int:
         try:
             return int(
-                self.stub.CloseSession(pb.CloseSessionRequest(session_id=session_id), timeout=self.timeout).position
+                self.stub.CloseSession(
+                    pb.CloseSessionRequest(session_id=session_id), timeout=self.timeout, metadata=self.metadata
+                ).position
             )
         except grpc.RpcError as e:
             raise _raise_rpc(e) from None
 
     def get_session(self, session_id: str) -> pb.SessionInfo:
         try:
-            return self.stub.GetSession(pb.GetSessionRequest(session_id=session_id), timeout=self.timeout)
+            return self.stub.GetSession(
+                pb.GetSessionRequest(session_id=session_id), timeout=self.timeout, metadata=self.metadata
+            )
         except grpc.RpcError as e:
             raise _raise_rpc(e) from None
 
     def model_info(self) -> dict[str, Any]:
         try:
-            return _model_info(self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout))
+            return _model_info(
+                self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout, metadata=self.metadata)
+            )
         except grpc.RpcError as e:
             raise _raise_rpc(e) from None
 
@@ -332,10 +366,12 @@ class Client:
 class AsyncSession:
     """The asyncio twin of :class:`Session`."""
 
-    def __init__(self, stub: pb_grpc.SeqPredStub, session_id: str = "", end_on_exit: bool = False) -> None:
+    def __init__(
+        self, stub: pb_grpc.SeqPredStub, session_id: str = "", end_on_exit: bool = False, metadata: Any = None
+    ) -> None:
         self.session_id = session_id
         self.end_on_exit = end_on_exit
-        self._call: Any = stub.Stream()
+        self._call: Any = stub.Stream(metadata=metadata)
         self._unfinished = False
 
     async def _read(self) -> pb.StreamResponse:
@@ -423,17 +459,34 @@ class AsyncSession:
 class AsyncClient:
     """asyncio client (``grpc.aio``); create it inside the event loop that uses it."""
 
-    def __init__(self, target: str, *, timeout: float | None = None, channel: grpc.aio.Channel | None = None) -> None:
-        self.channel = channel if channel is not None else grpc.aio.insecure_channel(target)
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float | None = None,
+        channel: grpc.aio.Channel | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+    ) -> None:
+        if channel is None:
+            channel = (
+                grpc.aio.insecure_channel(target)
+                if credentials is None
+                else grpc.aio.secure_channel(target, credentials)
+            )
+        self.channel = channel
         self.stub = pb_grpc.SeqPredStub(self.channel)
         self.timeout = timeout
+        self.metadata = _metadata(token)
 
     def session(self, session_id: str = "", *, end_on_exit: bool = False) -> AsyncSession:
-        return AsyncSession(self.stub, session_id, end_on_exit)
+        return AsyncSession(self.stub, session_id, end_on_exit, self.metadata)
 
     async def predict(self, text: str | None = None, tokens: Sequence[int] | None = None, **kw: Any) -> Result:
         try:
-            resp = await self.stub.Predict(make_request(text=text, tokens=tokens, **kw), timeout=self.timeout)
+            resp = await self.stub.Predict(
+                make_request(text=text, tokens=tokens, **kw), timeout=self.timeout, metadata=self.metadata
+            )
         except grpc.RpcError as e:
             raise _raise_rpc(e) from None
         return _result(resp)
@@ -441,7 +494,9 @@ class AsyncClient:
     async def score(self, sequences: Sequence[str | Sequence[int]], top_k: int = 0) -> list[SequenceScore]:
         try:
             resp = await self.stub.Score(
-                pb.ScoreRequest(sequences=_sequences(sequences), top_k=top_k), timeout=self.timeout
+                pb.ScoreRequest(sequences=_sequences(sequences), top_k=top_k),
+                timeout=self.timeout,
+                metadata=self.metadata,
             )
         except grpc.RpcError as e:
             raise _raise_rpc(e) from None
@@ -449,20 +504,26 @@ class AsyncClient:
 
     async def close_session(self, session_id: str) -> int:
         try:
-            resp = await self.stub.CloseSession(pb.CloseSessionRequest(session_id=session_id), timeout=self.timeout)
+            resp = await self.stub.CloseSession(
+                pb.CloseSessionRequest(session_id=session_id), timeout=self.timeout, metadata=self.metadata
+            )
         except grpc.RpcError as e:
             raise _raise_rpc(e) from None
         return int(resp.position)
 
     async def get_session(self, session_id: str) -> pb.SessionInfo:
         try:
-            return await self.stub.GetSession(pb.GetSessionRequest(session_id=session_id), timeout=self.timeout)
+            return await self.stub.GetSession(
+                pb.GetSessionRequest(session_id=session_id), timeout=self.timeout, metadata=self.metadata
+            )
         except grpc.RpcError as e:
             raise _raise_rpc(e) from None
 
     async def model_info(self) -> dict[str, Any]:
         try:
-            return _model_info(await self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout))
+            return _model_info(
+                await self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout, metadata=self.metadata)
+            )
         except grpc.RpcError as e:
             raise _raise_rpc(e) from None
 

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,7 @@ from service.errors import (
     EmptyRequest,
     InvalidArgument,
     NothingToPredictFrom,
+    QuotaExhausted,
     ServiceError,
     SessionNotFound,
     ShuttingDown,
@@ -43,6 +44,7 @@ from service.errors import (
     status_name,
 )
 from service.metrics import Metrics
+from service.persistence import NO_SCOPE, Persistence
 from service.runtime import Runtime
 from service.sessions import SessionInfo, SessionStore, check_session_id
 from service.settings import Settings
@@ -74,6 +76,7 @@ class Request:
     score: bool = False
     generate: GenerateSpec | None = None
     request_id: int = 0
+    principal: str = ""  # who asks (authenticated by the transport; "" = anonymous): sessions are scoped by it
 
 
 @dataclass(slots=True)
@@ -121,6 +124,7 @@ class Engine:
         store: SessionStore,
         batcher: Batcher,
         metrics: Metrics | None = None,
+        persistence: Persistence | None = None,
     ) -> None:
         self.settings = settings
         self.runtime = runtime
@@ -135,6 +139,10 @@ class Engine:
         self._sweeper: asyncio.Task[None] | None = None
         if metrics is not None:
             batcher.observe = metrics.observe_batch
+        self.persistence = persistence
+        if persistence is not None:
+            batcher.journal = self._journal
+            store.on_evict = lambda principal, sid, reason: persistence.on_close(principal, sid, reason)
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
@@ -167,6 +175,47 @@ class Engine:
             log.info("evicted sessions", extra={"fields": {"count": len(gone), "active": len(self.store)}})
         return gone
 
+    # -- persistence ------------------------------------------------------------------------------------------
+
+    def _journal(self, slot: int, tokens: Any, position: int) -> None:
+        """The batcher booked tokens for ``slot``: report them if its session is still live (not reset or
+        removed while the step ran: those tokens went to a state nobody will see again)."""
+        who = self.store.session_at(slot)
+        if who is not None and self.persistence is not None:
+            mem = self.store.memory
+            self.persistence.on_advance(who[0], who[1], tokens, position, lambda: mem.read(slot))
+
+    def _start_failed(self, r: Request, sid: str, inputs: np.ndarray | int | None) -> None:
+        """The tokens of a request that created or reset its session were not consumed (the batch failed): report
+        the start alone, so that it counts without them (see ``Persistence.on_start``)."""
+        if self.persistence is not None and inputs is not None and (r.start or not r.session_id):
+            self.persistence.on_start(r.principal, sid, True, 0)
+
+    async def durable(self) -> None:
+        """Return once every change made so far is durable (at once without persistence or in periodic mode)."""
+        if self.persistence is not None:
+            w = self.persistence.durable()
+            if w is not None:
+                await w
+
+    def _scope(self, r: Request) -> contextlib.AbstractAsyncContextManager[None]:
+        """The persistence's scope around a request naming a session (a shared store serializes the session's
+        requests on this replica and loads or refreshes it on entry); a no-op otherwise."""
+        if self.persistence is None or not r.session_id:
+            return NO_SCOPE
+        return self.persistence.scope(self.store, r.principal, r.session_id, r.start)
+
+    async def _durable_for(self, principal: str, sid: str) -> None:
+        """Before a reply: this session's changes are durable; a shared store may fail the request instead."""
+        assert self.persistence is not None
+        try:
+            w = self.persistence.session_durable(principal, sid)
+            if w is not None:
+                await w
+        except ServiceError as e:
+            e.session_id = sid
+            raise
+
     # -- validation -------------------------------------------------------------------------------------------
 
     def _check_ids(self, tokens: Sequence[int], name: str) -> np.ndarray:
@@ -185,11 +234,21 @@ class Engine:
     def encode_text(self, text: str, name: str = "text") -> np.ndarray:
         """Tokenize ``text``; a symbol outside the vocabulary raises UnknownSymbol naming it and its offset."""
         tok = self.tokenizer
+        limit = self.settings.max_request_tokens
+        if len(text) > limit:
+            # refuse a huge text before tokenizing all of it (seconds of event-loop time for 16 MiB): char and
+            # byte tokenizers give at least one token per character; word tokens are counted up to the limit
+            if isinstance(tok, WordTokenizer):
+                if tok.count_at_most(text, limit) > limit:
+                    raise TooManyTokens(f"{name}: more than {limit} tokens, the limit per request")
+            else:
+                raise TooManyTokens(
+                    f"{name}: {len(text)} characters, at least {len(text)} tokens, more than the limit of {limit} "
+                    "per request"
+                )
         ids = tok.encode(text)
-        if len(ids) > self.settings.max_request_tokens:
-            raise TooManyTokens(
-                f"{name}: {len(ids)} tokens, more than the limit of {self.settings.max_request_tokens} per request"
-            )
+        if len(ids) > limit:
+            raise TooManyTokens(f"{name}: {len(ids)} tokens, more than the limit of {limit} per request")
         if tok.unk_id is not None and len(ids):
             bad = np.flatnonzero(ids == tok.unk_id)
             if bad.size:
@@ -199,7 +258,8 @@ class Engine:
                     sym, offset, what = pieces[i], sum(len(p) for p in pieces[:i]), "word"
                 else:
                     sym, offset, what = text[i], i, "character"
-                raise UnknownSymbol(f"{name}: {what} {sym!r} at offset {offset} is not in the model's vocabulary")
+                shown = repr(sym) if len(sym) <= 32 else f"{sym[:32]!r}... ({len(sym)} characters)"
+                raise UnknownSymbol(f"{name}: {what} {shown} at offset {offset} is not in the model's vocabulary")
         return ids
 
     def _inputs(self, tokens: Sequence[int], text: str, name: str = "") -> np.ndarray | int | None:
@@ -237,7 +297,7 @@ class Engine:
 
     # -- sessions ---------------------------------------------------------------------------------------------
 
-    def _session(self, r: Request, now: float, history_needed: bool) -> tuple[str, int]:
+    def _session(self, r: Request, now: float, history_needed: bool, then: int = 0) -> tuple[str, int]:
         sid = r.session_id
         fresh = not sid or r.start
         if fresh and history_needed:
@@ -247,39 +307,51 @@ class Engine:
                 "send tokens or text with it"
             )
         if not sid:
-            return self._create(None, now)
+            return self._create(None, now, r.principal, then)
         if r.start:
-            return self._create(sid, now)
-        return sid, self.store.lookup(sid, now)
+            return self._create(sid, now, r.principal, then)
+        return sid, self.store.lookup(sid, now, r.principal)
 
-    def _create(self, sid: str | None, now: float) -> tuple[str, int]:
-        live = sid is not None and self._is_live(sid)
+    def _create(self, sid: str | None, now: float, principal: str, then: int = 0) -> tuple[str, int]:
+        """Create (or reset) a session for a request that feeds it ``then`` tokens next."""
+        live = sid is not None and self._is_live(sid, principal)
+        quota = self.settings.max_sessions_per_principal
         try:
-            out = self.store.create(sid, now)
-        except CapacityExhausted:
+            if quota and not live and self.store.count(principal) >= quota:
+                who = f"principal {principal!r}" if principal else "the anonymous principal"
+                raise QuotaExhausted(
+                    f"sessions: {who} holds {self.store.count(principal)} sessions, its quota of {quota} "
+                    "(--max-sessions-per-principal); end or close sessions, or retry later"
+                )
+            out = self.store.create(sid, now, principal)
+            if self.persistence is not None:
+                self.persistence.on_start(principal, out[0], live, then)
+        except CapacityExhausted as e:
             if self.metrics is not None:
-                self.metrics.rejected.labels("capacity").inc()
+                self.metrics.rejected.labels("quota" if isinstance(e, QuotaExhausted) else "capacity").inc()
             raise
         if self.metrics is not None and not live:
             self.metrics.created.inc()
         return out
 
-    def _is_live(self, sid: str) -> bool:
+    def _is_live(self, sid: str, principal: str) -> bool:
         try:
-            self.store.info(sid, 0.0)
+            self.store.info(sid, 0.0, principal)
         except ServiceError:
             return False
         return True
 
-    def _still_live(self, sid: str, slot: int) -> None:
-        if self.store.lookup(sid, time.monotonic()) != slot:
+    def _still_live(self, sid: str, slot: int, principal: str) -> None:
+        if self.store.lookup(sid, time.monotonic(), principal) != slot:
             raise SessionNotFound(f"session_id: session {sid!r} was reset by another request during generation")
 
-    def _end(self, sid: str) -> bool:
+    def _end(self, sid: str, principal: str) -> bool:
         try:
-            self.store.remove(sid)
+            self.store.remove(sid, principal)
         except ServiceError:  # closed meanwhile by another stream
             return False
+        if self.persistence is not None:
+            self.persistence.on_close(principal, sid, "end")
         if self.metrics is not None:
             self.metrics.closed.inc()
         return True
@@ -300,7 +372,8 @@ class Engine:
         if inputs is None and not (r.top_k or r.generate is not None or r.start or r.end):
             raise EmptyRequest("request: nothing to do; set tokens, text, top_k, generate, start or end")
         history_needed = inputs is None and (r.top_k > 0 or r.generate is not None)
-        sid, slot = self._session(r, time.monotonic(), history_needed)
+        then = 0 if inputs is None else 1 if isinstance(inputs, int) else len(inputs)
+        sid, slot = self._session(r, time.monotonic(), history_needed, then)
         return inputs, sid, slot
 
     def _job(self, slot: int, inputs: np.ndarray | int | None, score: bool, top_k: int, want_next: bool) -> Job:
@@ -314,6 +387,12 @@ class Engine:
         """A request without generation: one reply. Raises ServiceError (with ``session_id`` set when known)."""
         if r.generate is not None:
             raise InvalidArgument("request: use Engine.generate for a request with generate")
+        if r.session_id:
+            check_session_id(r.session_id)
+        async with self._scope(r):
+            return await self._request(r)
+
+    async def _request(self, r: Request) -> Reply:
         inputs, sid, slot = self._prepare(r)
         try:
             if inputs is None and not r.top_k:
@@ -325,9 +404,12 @@ class Engine:
                     reply.token_logprobs = np.zeros(0, dtype=np.float32)
         except ServiceError as e:
             e.session_id = sid
+            self._start_failed(r, sid, inputs)
             raise
         if r.end:
-            reply.ended = self._end(sid)
+            reply.ended = self._end(sid, r.principal)
+        if self.persistence is not None:
+            await self._durable_for(r.principal, sid)
         return reply
 
     async def generate(self, r: Request) -> AsyncIterator[Reply]:
@@ -335,9 +417,20 @@ class Engine:
         g = r.generate
         if g is None:
             raise InvalidArgument("request: Engine.generate needs generate parameters")
+        if r.session_id:
+            check_session_id(r.session_id)
+        async with self._scope(r), contextlib.aclosing(self._generate(r, g)) as replies:
+            async for reply in replies:
+                yield reply
+
+    async def _generate(self, r: Request, g: GenerateSpec) -> AsyncGenerator[Reply, None]:
         inputs, sid, slot = self._prepare(r)
         try:
-            job = await self.batcher.submit(self._job(slot, inputs, r.score, 0, True))
+            try:
+                job = await self.batcher.submit(self._job(slot, inputs, r.score, 0, True))
+            except ServiceError:
+                self._start_failed(r, sid, inputs)
+                raise
             scores = job.scores if r.score else None
             if r.score and scores is None:
                 scores = np.zeros(0, dtype=np.float32)
@@ -349,7 +442,7 @@ class Engine:
                 tok_lp = float(lp[tok])
                 last = i == g.max_tokens - 1
                 if i:  # another stream may have ended, reset or let expire the session while we were sending
-                    self._still_live(sid, slot)
+                    self._still_live(sid, slot, r.principal)
                 job = await self.batcher.submit(Job(STEP, slot, tok, top_k=r.top_k if last else 0, want_next=not last))
                 lp = job.logprobs
                 reply = Reply(sid, job.position, r.request_id, last, generated=[(tok, tok_lp)])
@@ -358,7 +451,9 @@ class Engine:
                 if last:
                     reply.top_ids, reply.top_logprobs = job.topk_ids, job.topk_lp
                     if r.end:
-                        reply.ended = self._end(sid)
+                        reply.ended = self._end(sid, r.principal)
+                if self.persistence is not None:
+                    await self._durable_for(r.principal, sid)
                 yield reply
         except ServiceError as e:
             e.session_id = sid
@@ -391,19 +486,37 @@ class Engine:
             out.append(ScoreResult(len(arrays[i]), s, float(np.sum(s, dtype=np.float64)), ids, lps))
         return out
 
-    def close(self, session_id: str) -> int:
-        """Free a live session now; returns its last position. Raises SessionNotFound."""
+    def close(self, session_id: str, principal: str = "") -> int:
+        """Free a live session of ``principal`` now; returns its last position. Raises SessionNotFound."""
         check_session_id(session_id)
-        pos = self.store.remove(session_id)
+        pos = self.store.remove(session_id, principal)
+        if self.persistence is not None:
+            self.persistence.on_close(principal, session_id, "close")
         if self.metrics is not None:
             self.metrics.closed.inc()
         return pos
 
-    def get(self, session_id: str) -> SessionView:
-        """Describe a live session (wall-clock times) without touching it. Raises SessionNotFound."""
+    async def aclose(self, session_id: str, principal: str = "") -> int:
+        """:meth:`close` for the RPC: inside the session's persistence scope, returning once the close is durable."""
+        check_session_id(session_id)
+        async with self._scope(Request(session_id, principal=principal)):
+            pos = self.close(session_id, principal)
+            if self.persistence is not None:
+                await self._durable_for(principal, session_id)
+        return pos
+
+    async def aget(self, session_id: str, principal: str = "") -> SessionView:
+        """:meth:`get` for the RPC: inside the session's persistence scope (a shared store loads it first)."""
+        check_session_id(session_id)
+        async with self._scope(Request(session_id, principal=principal)):
+            return self.get(session_id, principal)
+
+    def get(self, session_id: str, principal: str = "") -> SessionView:
+        """Describe a live session of ``principal`` (wall-clock times) without touching it. Raises
+        SessionNotFound."""
         check_session_id(session_id)
         mono, wall = time.monotonic(), time.time()
-        info: SessionInfo = self.store.info(session_id, mono)
+        info: SessionInfo = self.store.info(session_id, mono, principal)
         return SessionView(
             info.session_id,
             info.position,

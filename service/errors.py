@@ -23,6 +23,10 @@ class InvalidArgument(ServiceError):
     """A request field is malformed or out of range."""
 
 
+class MalformedMessage(InvalidArgument):
+    """The request's bytes are not a valid protobuf message of the RPC's request type."""
+
+
 class EmptyRequest(InvalidArgument):
     """The request asks for nothing."""
 
@@ -63,8 +67,28 @@ class CapacityExhausted(ServiceError):
     """The server holds its maximum number of sessions."""
 
 
+class QuotaExhausted(CapacityExhausted):
+    """The principal holds its quota of sessions (``--max-sessions-per-principal``)."""
+
+
+class Unauthenticated(ServiceError):
+    """No bearer token, or one that is not in the server's token file."""
+
+
 class ShuttingDown(ServiceError):
     """The server is draining and takes no new work."""
+
+
+class SessionConflict(ServiceError):
+    """Another request (on another replica) changed the session first; this one was not applied (shared store)."""
+
+
+class StoreUnavailable(ServiceError):
+    """The shared session store (Redis) cannot be reached or used."""
+
+
+class StoreMismatch(ServiceError):
+    """A stored session does not fit this server's model (another model, state layout or a malformed record)."""
 
 
 class Internal(ServiceError):
@@ -79,16 +103,26 @@ class ModelLoadError(SeqpredError):
     """The model directory is missing, incomplete, corrupt, or does not follow the export contract."""
 
 
+class StateDirError(SeqpredError):
+    """The durable state directory (``--state-dir``) cannot be used: corrupt before its last record, written for
+    another model, locked by another server, or holding more sessions than ``--max-sessions``."""
+
+
 #: The one mapping from error class to gRPC status code name; subclasses inherit their base's code.
 STATUS_CODES: dict[type[Exception], str] = {
     InvalidArgument: "INVALID_ARGUMENT",
     SessionNotFound: "NOT_FOUND",
     CapacityExhausted: "RESOURCE_EXHAUSTED",
     ShuttingDown: "UNAVAILABLE",
+    SessionConflict: "ABORTED",
+    StoreUnavailable: "UNAVAILABLE",
+    StoreMismatch: "FAILED_PRECONDITION",
+    Unauthenticated: "UNAUTHENTICATED",
     NoHeadGraph: "FAILED_PRECONDITION",
     Internal: "INTERNAL",
     SettingsError: "FAILED_PRECONDITION",
     ModelLoadError: "FAILED_PRECONDITION",
+    StateDirError: "FAILED_PRECONDITION",
 }
 
 #: gRPC status code numbers (google.rpc.Code), for in-band errors in a stream.

@@ -1,6 +1,7 @@
 """The server: a factory that wires model, store, batcher, engine and servicer, plus the operational parts.
 
 * ``create_server(settings) -> (server, port)`` binds (port 0 picks a free one) without starting; tests use it.
+* TLS / mutual TLS (:mod:`service.tls`) and bearer-token authentication (:mod:`service.auth`) when configured.
 * ``grpc.health.v1`` health: SERVING once started, NOT_SERVING while draining.
 * server reflection, so ``grpcurl -plaintext HOST:PORT list`` works.
 * Prometheus metrics over HTTP (``--metrics-port``), structured (JSON) logs.
@@ -26,19 +27,22 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from service._proto.seqpred.v1 import seqpred_pb2 as pb
-from service._proto.seqpred.v1 import seqpred_pb2_grpc as pb_grpc
+from service.auth import AuthInterceptor, load_tokens
 from service.batcher import Batcher
+from service.durability import DurabilityMetrics, LocalLog
 from service.engine import Engine
 from service.errors import ModelLoadError
 from service.metrics import Metrics
+from service.persistence import Persistence
 from service.runtime import Runtime, load_bundle
-from service.servicer import SeqPredServicer
-from service.sessions import MemoryStore
+from service.servicer import SeqPredServicer, add_to_server
+from service.sessions import MemoryStore, SessionStore
 from service.settings import DEFAULT_MODEL_DIR, Settings
+from service.tls import server_credentials
 
 log = logging.getLogger("seqpred.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SeqPred"].full_name
-#: Messages up to 16 MiB: a Score request of 256 sequences x 4096 tokens fits.
+#: Responses up to 16 MiB: a Score response of 256 sequences x 4096 tokens fits (requests: --max-message-bytes).
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
@@ -104,23 +108,37 @@ class SeqpredServer:
             executor=executor,
         )
         self.batcher.open_rpcs = 0  # counted by the servicer
-        self.engine = Engine(settings, self.runtime, self.store, self.batcher, self.metrics)
+        self.persistence = make_persistence(settings, self.metrics, self.runtime, self.store)
+        if isinstance(self.persistence, LocalLog):
+            self.persistence.pause = self.batcher.quiesce
+        self.engine = Engine(settings, self.runtime, self.store, self.batcher, self.metrics, self.persistence)
         self.health = HealthServicer()
+        credentials = server_credentials(settings)
+        interceptors = []
+        if settings.auth_tokens:
+            tokens = load_tokens(settings.auth_tokens)
+            interceptors.append(AuthInterceptor(tokens, self.engine.count_error))
+            if credentials is None:
+                log.warning("bearer tokens over plaintext: anyone on the path can read them; set --tls-cert/--tls-key")
         self.grpc = grpc.aio.server(
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            interceptors=interceptors or None,
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", max(MAX_MESSAGE_BYTES, settings.max_message_bytes)),
                 ("grpc.so_reuseport", 0),
             ],
         )
-        pb_grpc.add_SeqPredServicer_to_server(SeqPredServicer(self.engine), self.grpc)
+        add_to_server(SeqPredServicer(self.engine), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.grpc,
         )
-        self.port = self.grpc.add_insecure_port(settings.address)
+        if credentials is None:
+            self.port = self.grpc.add_insecure_port(settings.address)
+        else:
+            self.port = self.grpc.add_secure_port(settings.address, credentials)
         if self.port == 0:
             raise ModelLoadError(f"--port: cannot listen on {settings.address!r}")
         self.metrics_port: int | None = None
@@ -128,6 +146,9 @@ class SeqpredServer:
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
+        if self.persistence is not None:  # before the first request can arrive
+            self.persistence.recover(self.store, self.runtime)
+            self.persistence.start()
         await self.grpc.start()
         self.engine.start()
         if self.settings.metrics_port >= 0:
@@ -151,6 +172,8 @@ class SeqpredServer:
                     "provider": self.runtime.provider,
                     "head_graph": self.runtime.has_head,
                     "max_sessions": self.settings.max_sessions,
+                    "tls": "mutual" if self.settings.tls_client_ca else bool(self.settings.tls_cert),
+                    "auth": bool(self.settings.auth_tokens),
                 }
             },
         )
@@ -166,6 +189,8 @@ class SeqpredServer:
         self.engine.draining = True
         await self.grpc.stop(grace)
         await self.engine.stop()
+        if self.persistence is not None:
+            await self.persistence.close()
         self.batcher.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
@@ -175,6 +200,24 @@ class SeqpredServer:
 
     async def wait_for_termination(self) -> None:
         await self._stopped.wait()
+
+
+def make_persistence(settings: Settings, metrics: Metrics, runtime: Runtime, store: SessionStore) -> Persistence | None:
+    """The shared store of ``--store redis``, or the durable session log that ``--durability`` asks for (None for
+    ``none``)."""
+    if settings.store == "redis":
+        from service.redis_persistence import RedisShared
+
+        return RedisShared.from_settings(settings, runtime, store)
+    if settings.durability == "none":
+        return None
+    return LocalLog(
+        settings.state_dir,
+        settings.durability,
+        settings.snapshot_interval,
+        settings.fsync_interval,
+        DurabilityMetrics(metrics.registry),
+    )
 
 
 def create_server(settings: Settings, runtime: Runtime | None = None) -> tuple[SeqpredServer, int]:

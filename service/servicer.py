@@ -3,14 +3,16 @@
 Errors: a :class:`~service.errors.ServiceError` raised for one request of a ``Stream`` becomes that request's
 in-band ``StreamResponse.error`` (the stream stays open); in unary RPCs it becomes the RPC's status. Code and
 message come from :mod:`service.errors`, the one mapping. A draining server ends streams with UNAVAILABLE; a bug
-ends the RPC with INTERNAL.
+ends the RPC with INTERNAL. Request bytes that do not parse as the RPC's message get INVALID_ARGUMENT (in-band in a
+``Stream``, which stays open), not gRPC's own UNKNOWN: :func:`add_to_server` registers the servicer with lenient
+deserializers that hand a :class:`BadMessage` to the handler instead of raising.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -19,14 +21,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from service._proto.seqpred.v1 import seqpred_pb2 as pb
 from service._proto.seqpred.v1 import seqpred_pb2_grpc as pb_grpc
+from service.auth import behavior_of, current_principal, method_handler
 from service.engine import Engine, GenerateSpec, Reply, Request
-from service.errors import CODE_NUMBERS, ServiceError, ShuttingDown, status_name
+from service.errors import CODE_NUMBERS, MalformedMessage, ServiceError, ShuttingDown, status_name
 
 log = logging.getLogger("seqpred.servicer")
 _exp = math.exp
 
 
-def to_request(m: pb.StreamRequest) -> Request:
+def to_request(m: pb.StreamRequest, principal: str = "") -> Request:
     gen = None
     if m.HasField("generate"):
         g = m.generate
@@ -37,7 +40,7 @@ def to_request(m: pb.StreamRequest) -> Request:
             top_p=g.top_p if g.HasField("top_p") else 1.0,
             seed=g.seed if g.HasField("seed") else None,
         )
-    return Request(m.session_id, m.tokens, m.text, m.start, m.end, m.top_k, m.score, gen, m.request_id)
+    return Request(m.session_id, m.tokens, m.text, m.start, m.end, m.top_k, m.score, gen, m.request_id, principal)
 
 
 class Converter:
@@ -69,7 +72,69 @@ class Converter:
         return resp
 
 
-def error_response(m: pb.StreamRequest, e: ServiceError) -> pb.StreamResponse:
+class BadMessage:
+    """Stands in for a request whose bytes did not parse, so that the handler can answer INVALID_ARGUMENT."""
+
+    __slots__ = ("error", "request_id", "session_id")
+
+    def __init__(self, type_name: str, problem: BaseException) -> None:
+        self.error = MalformedMessage(f"request: not a valid {type_name} message ({problem})")
+        self.session_id = ""
+        self.request_id = 0
+
+
+def _lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    cls = getattr(parse, "__self__", None)
+    type_name = cls.DESCRIPTOR.full_name if cls is not None else "request"
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception as e:  # DecodeError: corrupt wire format, bad UTF-8 in a string, ...
+            return BadMessage(type_name, e)
+
+    return deserialize
+
+
+def _refuse_bad(behavior: Callable[..., Any], count: Callable[[BaseException], None]) -> Callable[..., Any]:
+    async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if request.__class__ is BadMessage:
+            count(request.error)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(request.error))
+        return await behavior(request, context)
+
+    return checked
+
+
+class _Capture:
+    """Takes the generated registration's handlers instead of a server."""
+
+    def __init__(self) -> None:
+        self.service = ""
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.service, self.handlers = service, handlers
+
+
+def add_to_server(servicer: SeqPredServicer, server: grpc.aio.Server) -> None:
+    """``add_SeqPredServicer_to_server`` with lenient request deserializers (see the module docstring)."""
+    cap = _Capture()
+    pb_grpc.add_SeqPredServicer_to_server(servicer, cap)
+    handlers = {}
+    for name, h in cap.handlers.items():
+        behavior = behavior_of(h)
+        if not h.request_streaming:  # a stream checks each message it reads, in _stream
+            behavior = _refuse_bad(behavior, servicer.engine.count_error)
+        handlers[name] = method_handler(h, behavior, _lenient(h.request_deserializer))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(cap.service, handlers),))
+    server.add_registered_method_handlers(cap.service, handlers)
+
+
+def error_response(m: pb.StreamRequest | BadMessage, e: ServiceError) -> pb.StreamResponse:
     name = status_name(e)
     return pb.StreamResponse(
         session_id=e.session_id or m.session_id,
@@ -124,15 +189,20 @@ class SeqPredServicer(pb_grpc.SeqPredServicer):
         # context.read/write rather than iterating requests and yielding responses: faster per message here
         engine, conv = self.engine, self.conv
         read, write, EOF = context.read, context.write, grpc.aio.EOF
+        principal = current_principal()
         while True:
             m = await read()
             if m is EOF:
                 return
+            if m.__class__ is BadMessage:
+                engine.count_error(m.error)
+                await write(error_response(m, m.error))
+                continue
             try:
                 if not m.HasField("generate"):
-                    await write(conv.reply(await engine.request(to_request(m))))
+                    await write(conv.reply(await engine.request(to_request(m, principal))))
                 else:
-                    async for r in engine.generate(to_request(m)):
+                    async for r in engine.generate(to_request(m, principal)):
                         await write(conv.reply(r))
             except ShuttingDown as e:
                 await self._abort(context, e)
@@ -152,7 +222,7 @@ class SeqPredServicer(pb_grpc.SeqPredServicer):
 
     async def _predict(self, request: pb.StreamRequest, context: grpc.aio.ServicerContext) -> pb.StreamResponse:
         try:
-            r = to_request(request)
+            r = to_request(request, current_principal())
             if r.generate is None:
                 return self.conv.reply(await self.engine.request(r))
             generated: list[tuple[int, float]] = []
@@ -195,7 +265,7 @@ class SeqPredServicer(pb_grpc.SeqPredServicer):
     ) -> pb.CloseSessionResponse:
         self._count("CloseSession")
         try:
-            pos = self.engine.close(request.session_id)
+            pos = await self.engine.aclose(request.session_id, current_principal())
         except Exception as e:
             await self._abort(context, e)
             raise
@@ -204,7 +274,7 @@ class SeqPredServicer(pb_grpc.SeqPredServicer):
     async def GetSession(self, request: pb.GetSessionRequest, context: grpc.aio.ServicerContext) -> pb.SessionInfo:
         self._count("GetSession")
         try:
-            v = self.engine.get(request.session_id)
+            v = await self.engine.aget(request.session_id, current_principal())
         except Exception as e:
             await self._abort(context, e)
             raise

@@ -8,6 +8,11 @@ Memory is kept flat so that 100,000 idle sessions cost little more than their st
 is one row of the runtime's :class:`~service.runtime.StateMemory`. Free slots come back lowest first (a heap),
 so live sessions stay packed at the bottom and the memory above the highest live slot can be given back.
 
+Sessions belong to a *principal* (the authenticated caller; ``""`` when authentication is off). Ids are scoped
+by principal: each principal has its own id space, so another principal naming an id finds no session
+(SessionNotFound, the same answer as for an id never created: existence is not leaked), and a client-chosen id
+used by two principals names two sessions. :meth:`SessionStore.count` gives a principal's live sessions (quotas).
+
 A slot is zeroed when it is handed out, and a session removed while a step of it is still running keeps its slot
 until that step has finished: no session ever sees another's state. All methods run on one thread (the server's
 event loop); only state rows are touched by the runtime's worker.
@@ -19,6 +24,7 @@ import heapq
 import secrets
 from abc import ABC, abstractmethod
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +59,7 @@ class SessionInfo:
     created: float
     last_active: float
     time_left: float | None
+    principal: str = ""
 
 
 class SessionStore(ABC):
@@ -60,31 +67,39 @@ class SessionStore(ABC):
 
     capacity: int
     memory: StateMemory
+    #: Called by :meth:`expired` with ``(principal, id, reason)`` for each session it removes (persistence).
+    on_evict: Callable[[str, str, str], None] | None = None
 
     @abstractmethod
     def __len__(self) -> int:
         """Live sessions."""
 
     @abstractmethod
-    def create(self, session_id: str | None, now: float) -> tuple[str, int]:
-        """A new zero-state session (a fresh random id when ``session_id`` is None): ``(id, slot)``.
-        Raises CapacityExhausted when full; an id that is live already is reset instead."""
+    def create(self, session_id: str | None, now: float, principal: str = "") -> tuple[str, int]:
+        """A new zero-state session of ``principal`` (a fresh random id when ``session_id`` is None):
+        ``(id, slot)``. Raises CapacityExhausted when full; an id that is live already (for this principal) is
+        reset instead."""
 
     @abstractmethod
-    def lookup(self, session_id: str, now: float) -> int:
-        """The slot of a live session, marking it active; raises SessionNotFound."""
+    def lookup(self, session_id: str, now: float, principal: str = "") -> int:
+        """The slot of a live session of ``principal``, marking it active; raises SessionNotFound (also when
+        the id is live but belongs to another principal)."""
 
     @abstractmethod
-    def reset(self, session_id: str, now: float) -> int:
+    def reset(self, session_id: str, now: float, principal: str = "") -> int:
         """Zero a live session's state and position; returns its (possibly new) slot."""
 
     @abstractmethod
-    def remove(self, session_id: str) -> int:
+    def remove(self, session_id: str, principal: str = "") -> int:
         """Free a live session; returns its last position. Raises SessionNotFound."""
 
     @abstractmethod
-    def info(self, session_id: str, now: float) -> SessionInfo:
+    def info(self, session_id: str, now: float, principal: str = "") -> SessionInfo:
         """Describe a live session without marking it active; raises SessionNotFound."""
+
+    @abstractmethod
+    def count(self, principal: str) -> int:
+        """Live sessions of ``principal``."""
 
     @abstractmethod
     def position(self, slot: int) -> int:
@@ -111,6 +126,15 @@ class SessionStore(ABC):
     def expired(self, now: float) -> list[tuple[str, str]]:
         """Remove every idle or too old session that has nothing in flight: ``[(id, "idle"|"lifetime")]``."""
 
+    @abstractmethod
+    def session_at(self, slot: int) -> tuple[str, str] | None:
+        """``(principal, id)`` of the live session in ``slot``; None when the slot is free, or its session was
+        removed or reset (given a fresh slot) while a step of it was in flight."""
+
+    @abstractmethod
+    def live_sessions(self) -> list[tuple[str, str, int, float]]:
+        """Every live session: ``(principal, id, slot, created)`` (``created`` as in :class:`SessionInfo`)."""
+
 
 class MemoryStore(SessionStore):
     """Sessions in this process; see the module docstring for the layout."""
@@ -121,8 +145,11 @@ class MemoryStore(SessionStore):
         self.idle_timeout = idle_timeout
         self.max_lifetime = max_lifetime
         n = self.capacity
-        self._slots: dict[str, int] = {}
+        self._slots: dict[str, int] = {}  # the anonymous principal's ids -> slots
+        self._spaces: dict[str, dict[str, int]] = {"": self._slots}  # principal -> its ids -> slots
+        self._n = 0  # live sessions, all principals
         self._ids: list[str | None] = []  # slot -> id, up to the high-water mark
+        self._owner: list[str] = []  # slot -> principal (one shared string per principal)
         # per-slot fields in array.array (fast scalar access on the hot path) with NumPy views (vectorized sweeps)
         self._pos = array("q", bytes(8 * n))
         self._created = array("d", bytes(8 * n))
@@ -140,7 +167,11 @@ class MemoryStore(SessionStore):
         self.freed_total = 0
 
     def __len__(self) -> int:
-        return len(self._slots)
+        return self._n
+
+    def count(self, principal: str) -> int:
+        space = self._spaces.get(principal)
+        return 0 if space is None else len(space)
 
     @property
     def high_water(self) -> int:
@@ -153,9 +184,10 @@ class MemoryStore(SessionStore):
             slot = self._hw
             self._hw += 1
             self._ids.append(None)
+            self._owner.append("")
         else:
             raise CapacityExhausted(
-                f"sessions: the server holds {len(self._slots)} sessions, its capacity of {self.capacity}; "
+                f"sessions: the server holds {self._n} sessions, its capacity of {self.capacity}; "
                 "end or close sessions, or retry later"
             )
         self.memory.zero(slot)
@@ -164,34 +196,41 @@ class MemoryStore(SessionStore):
 
     def _free_slot(self, slot: int) -> None:
         self._ids[slot] = None
+        self._owner[slot] = ""
         heapq.heappush(self._free, slot)
         self.freed_total += 1
 
-    def create(self, session_id: str | None, now: float) -> tuple[str, int]:
+    def create(self, session_id: str | None, now: float, principal: str = "") -> tuple[str, int]:
+        space = self._spaces.get(principal)
         if session_id is None:
             session_id = new_session_id()
-            while session_id in self._slots:  # 2^-128 per draw; the loop is for the proof, not the practice
+            while space is not None and session_id in space:  # 2^-128 per draw; for the proof, not the practice
                 session_id = new_session_id()
         else:
             check_session_id(session_id)
-            if session_id in self._slots:
-                return session_id, self.reset(session_id, now)
-        if len(self._slots) >= self.capacity:
+            if space is not None and session_id in space:
+                return session_id, self.reset(session_id, now, principal)
+        if self._n >= self.capacity:
             raise CapacityExhausted(
-                f"sessions: the server holds {len(self._slots)} sessions, its capacity of {self.capacity}; "
+                f"sessions: the server holds {self._n} sessions, its capacity of {self.capacity}; "
                 "end or close sessions, or retry later"
             )
         slot = self._allocate()
-        self._slots[session_id] = slot
+        if space is None:
+            space = self._spaces[principal] = {}
+        space[session_id] = slot
+        self._n += 1
         self._ids[slot] = session_id
+        self._owner[slot] = principal
         self._pos[slot] = 0
         self._created[slot] = now
         self._last[slot] = now
         self._live[slot] = 1
         return session_id, slot
 
-    def _slot(self, session_id: str) -> int:
-        slot = self._slots.get(session_id)
+    def _slot(self, session_id: str, principal: str) -> int:
+        space = self._spaces.get(principal)
+        slot = None if space is None else space.get(session_id)
         if slot is None:
             check_session_id(session_id)
             raise SessionNotFound(
@@ -200,19 +239,20 @@ class MemoryStore(SessionStore):
             )
         return slot
 
-    def lookup(self, session_id: str, now: float) -> int:
-        slot = self._slot(session_id)
+    def lookup(self, session_id: str, now: float, principal: str = "") -> int:
+        slot = self._slot(session_id, principal)
         self._last[slot] = now
         return slot
 
-    def reset(self, session_id: str, now: float) -> int:
-        slot = self._slot(session_id)
+    def reset(self, session_id: str, now: float, principal: str = "") -> int:
+        slot = self._slot(session_id, principal)
         if self._busy[slot]:
             # a step of the old state is still queued or running: give the id a fresh slot, free the old one later
             new = self._allocate()
             self._retire(slot)
             self._ids[new] = session_id
-            self._slots[session_id] = new
+            self._owner[new] = principal
+            self._spaces[principal][session_id] = new
             slot = new
         else:
             self.memory.zero(slot)
@@ -229,15 +269,22 @@ class MemoryStore(SessionStore):
         else:
             self._free_slot(slot)
 
-    def remove(self, session_id: str) -> int:
-        slot = self._slot(session_id)
-        del self._slots[session_id]
+    def _forget(self, session_id: str, principal: str) -> None:
+        space = self._spaces[principal]
+        del space[session_id]
+        self._n -= 1
+        if not space and principal:
+            del self._spaces[principal]
+
+    def remove(self, session_id: str, principal: str = "") -> int:
+        slot = self._slot(session_id, principal)
+        self._forget(session_id, principal)
         pos = self._pos[slot]
         self._retire(slot)
         return pos
 
-    def info(self, session_id: str, now: float) -> SessionInfo:
-        slot = self._slot(session_id)
+    def info(self, session_id: str, now: float, principal: str = "") -> SessionInfo:
+        slot = self._slot(session_id, principal)
         created, last = self._created[slot], self._last[slot]
         left: float | None = None
         if self.idle_timeout > 0:
@@ -247,7 +294,7 @@ class MemoryStore(SessionStore):
             left = life_left if left is None else min(left, life_left)
         if left is not None:
             left = max(0.0, left)
-        return SessionInfo(session_id, self._pos[slot], created, last, left)
+        return SessionInfo(session_id, self._pos[slot], created, last, left, self._owner[slot])
 
     def position(self, slot: int) -> int:
         return self._pos[slot]
@@ -274,6 +321,14 @@ class MemoryStore(SessionStore):
     def is_live_slot(self, slot: int) -> bool:
         return bool(self._live[slot])
 
+    def session_at(self, slot: int) -> tuple[str, str] | None:
+        sid = self._ids[slot] if self._live[slot] else None
+        return None if sid is None else (self._owner[slot], sid)
+
+    def live_sessions(self) -> list[tuple[str, str, int, float]]:
+        created = self._created
+        return [(p, sid, slot, created[slot]) for p, space in self._spaces.items() for sid, slot in space.items()]
+
     def expired(self, now: float) -> list[tuple[str, str]]:
         hw = self._hw
         if hw == 0 or (self.idle_timeout <= 0 and self.max_lifetime <= 0):
@@ -289,9 +344,12 @@ class MemoryStore(SessionStore):
         for slot in np.flatnonzero(candidates & (idle | old)).tolist():
             sid = self._ids[slot]
             assert sid is not None
-            del self._slots[sid]
+            owner, reason = self._owner[slot], "lifetime" if old[slot] else "idle"
+            self._forget(sid, owner)
             self._retire(slot)
-            out.append((sid, "lifetime" if old[slot] else "idle"))
+            out.append((sid, reason))
+            if self.on_evict is not None:
+                self.on_evict(owner, sid, reason)
         if out:
             self.compact()
         return out
@@ -306,5 +364,6 @@ class MemoryStore(SessionStore):
         self._free = [s for s in self._free if s < top]
         heapq.heapify(self._free)
         del self._ids[top:]
+        del self._owner[top:]
         self._hw = top
         self.memory.release(top)

@@ -22,6 +22,8 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 
 DEVICES = ("auto", "cpu", "cuda")
 LOG_FORMATS = ("json", "text")
+DURABILITY_MODES = ("none", "periodic", "sync")
+STORES = ("memory", "redis")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 ENV_PREFIX = "SEQPRED_"
 
@@ -57,11 +59,45 @@ class Settings:
     max_concurrent_rpcs: int = field(
         default=10_000, metadata=_meta("open RPCs (streams included) beyond which new ones get RESOURCE_EXHAUSTED")
     )
+    max_message_bytes: int = field(
+        default=16 * 1024 * 1024, metadata=_meta("largest request message accepted (larger: RESOURCE_EXHAUSTED)")
+    )
+    tls_cert: str = field(default="", metadata=_meta("PEM certificate chain of the server; with --tls-key: TLS"))
+    tls_key: str = field(default="", metadata=_meta("PEM private key of --tls-cert"))
+    tls_client_ca: str = field(
+        default="", metadata=_meta("PEM CA certificates; clients must present a certificate they signed (mutual TLS)")
+    )
+    auth_tokens: str = field(
+        default="", metadata=_meta("file of 'principal:token' lines; RPCs then need 'authorization: Bearer TOKEN'")
+    )
+    max_sessions_per_principal: int = field(
+        default=0, metadata=_meta("most live sessions one principal may hold (0 = no quota)")
+    )
     metrics_port: int = field(default=9464, metadata=_meta("Prometheus metrics HTTP port (0 = free, -1 = off)"))
     metrics_host: str = field(default="0.0.0.0", metadata=_meta("address of the metrics HTTP server"))
     grace: float = field(default=10.0, metadata=_meta("seconds in-flight RPCs get to finish on shutdown"))
     log_level: str = field(default="INFO", metadata=_meta("log level", LOG_LEVELS))
     log_format: str = field(default="json", metadata=_meta("log line format", LOG_FORMATS))
+    durability: str = field(
+        default="none",
+        metadata=_meta(
+            "keep sessions across restarts in --state-dir: sync (a reply waits until its tokens are on disk), "
+            "periodic (synced every --fsync-interval) or none",
+            DURABILITY_MODES,
+        ),
+    )
+    state_dir: str = field(default="", metadata=_meta("directory of the session log and snapshots (--durability)"))
+    snapshot_interval: float = field(
+        default=60.0, metadata=_meta("seconds between state snapshots (each lets older log segments go)")
+    )
+    fsync_interval: float = field(default=1.0, metadata=_meta("seconds between log syncs with --durability periodic"))
+    store: str = field(
+        default="memory",
+        metadata=_meta("where sessions live: memory (this process) or redis (shared by replicas, --redis-url)", STORES),
+    )
+    redis_url: str = field(
+        default="redis://localhost:6379/0", metadata=_meta("the Redis server of --store redis (redis:// or rediss://)")
+    )
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [
@@ -79,11 +115,22 @@ class Settings:
             ("max_score_sequences", self.max_score_sequences >= 1, ">= 1"),
             ("max_top_k", self.max_top_k >= 1, ">= 1"),
             ("max_concurrent_rpcs", self.max_concurrent_rpcs >= 1, ">= 1"),
+            ("max_message_bytes", self.max_message_bytes >= 1024, ">= 1024"),
+            ("max_sessions_per_principal", self.max_sessions_per_principal >= 0, ">= 0 (0 = no quota)"),
+            ("tls_key", bool(self.tls_cert) == bool(self.tls_key), "given together with --tls-cert"),
+            ("tls_client_ca", not self.tls_client_ca or bool(self.tls_cert), "given only with --tls-cert"),
             ("metrics_port", -1 <= self.metrics_port <= 65535, "in [-1, 65535]"),
             ("grace", self.grace >= 0, ">= 0"),
             ("device", self.device in DEVICES, f"one of {', '.join(DEVICES)}"),
             ("log_level", self.log_level in LOG_LEVELS, f"one of {', '.join(LOG_LEVELS)}"),
             ("log_format", self.log_format in LOG_FORMATS, f"one of {', '.join(LOG_FORMATS)}"),
+            ("durability", self.durability in DURABILITY_MODES, f"one of {', '.join(DURABILITY_MODES)}"),
+            ("state_dir", self.durability == "none" or bool(self.state_dir), "set when --durability is not none"),
+            ("snapshot_interval", self.snapshot_interval > 0, "> 0"),
+            ("fsync_interval", self.fsync_interval > 0, "> 0"),
+            ("store", self.store in STORES, f"one of {', '.join(STORES)}"),
+            ("store", self.store != "redis" or self.durability == "none", "memory with --durability"),
+            ("redis_url", self.redis_url.startswith(("redis://", "rediss://", "unix://")), "a redis:// URL"),
         ]
         for name, ok, want in checks:
             if not ok:

@@ -123,6 +123,11 @@ def services() -> dict[str, dict[str, Any]]:
     return s
 
 
+def seqpred_services() -> dict[str, dict[str, Any]]:
+    """The services that run this project's image (not e.g. ``redis``)."""
+    return {n: svc for n, svc in services().items() if str(svc.get("image", "")).startswith("seqpred")}
+
+
 def service_env(svc: dict[str, Any], **overrides: str) -> dict[str, str]:
     """The container environment of a compose service: the image's ENV, then the service's, then overrides."""
     env = dict(dockerfile_env())
@@ -239,7 +244,7 @@ def test_compose_environment_names_real_settings_with_valid_values() -> None:
     from service import settings
 
     known = {settings.env_name(f) for f in settings.Settings.__dataclass_fields__} | OTHER_ENV
-    for name, svc in services().items():
+    for name, svc in seqpred_services().items():
         env = service_env(svc)
         unknown = sorted(k for k in env if k.startswith("SEQPRED_") and k not in known)
         assert not unknown, f"{name}: unknown environment variable {unknown[0]}"
@@ -256,7 +261,7 @@ def test_compose_environment_names_real_settings_with_valid_values() -> None:
 def test_compose_ports_match_the_image() -> None:
     (expose,) = instruction("EXPOSE")
     exposed = {int(p) for p in expose.split()[1:]}
-    for svc in services().values():
+    for svc in seqpred_services().values():
         for p in svc.get("ports", []):
             host, container = interpolate(p).split(":")
             assert int(host) > 0 and int(container) in exposed
@@ -267,13 +272,43 @@ def test_compose_commands_parse_and_healthcheck_is_the_images() -> None:
     from service.scoring import score_parser
 
     parsers = {"serve": serve_parser(), "score": score_parser()}
-    for name, svc in services().items():
+    for name, svc in seqpred_services().items():
         cmd = svc["command"]
         parsers[cmd[0]].parse_args(cmd[1:])  # SystemExit on an unknown flag
         if svc.get("healthcheck", {}).get("disable"):
             continue
         (hc,) = instruction("HEALTHCHECK")
         assert svc["healthcheck"]["test"] == ["CMD", *exec_form(hc, "CMD")], name
+
+
+def test_compose_shared_profile_runs_two_replicas_on_one_redis() -> None:
+    """Profile ``shared``: a healthy ``redis`` and two replicas with ``--store redis`` naming it, on their own ports."""
+    from service import settings
+
+    s = services()
+    assert set(seqpred_services()) == set(s) - {"redis"}
+    redis = s["redis"]
+    assert redis["profiles"] == ["shared"] and redis["image"].startswith("redis:")
+    assert redis["command"][0] == "redis-server" and "ping" in redis["healthcheck"]["test"]
+    assert "ports" not in redis  # reachable by the replicas only
+    (data,) = [c for _, c, _ in volumes(redis)]
+    assert data == "/data" and "redis-data" in compose()["volumes"]
+    replicas: list[str] = []
+    host_ports = set()
+    for name, svc in seqpred_services().items():
+        if name == "score":
+            continue
+        cfg = settings.from_namespace(argparse.Namespace(), env=service_env(svc))
+        if cfg.store != "redis":
+            assert "redis" not in svc.get("depends_on", {}), name
+            continue
+        replicas.append(name)
+        assert svc["profiles"] == ["shared"]
+        assert cfg.redis_url == "redis://redis:6379/0"  # the compose service's name and port
+        assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
+        (port,) = svc["ports"]
+        host_ports.add(interpolate(port).split(":")[0])
+    assert len(replicas) == 2 and len(host_ports) == 2, (replicas, host_ports)
 
 
 def test_compose_score_job_reads_the_mounted_model_and_folder() -> None:

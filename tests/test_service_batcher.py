@@ -116,3 +116,31 @@ def test_top_k_rows() -> None:
     np.testing.assert_allclose(vals, np.take_along_axis(lp, ids, 1))
     ids, _ = top_k_rows(lp, [5])
     assert ids.shape == (2, 3)
+
+
+@pytest.mark.parametrize("threads", [0, 2], ids=["on-loop", "threaded"])
+def test_quiesce_holds_states_still_and_journal_sees_every_booking_in_order(runtime: Runtime, threads: int) -> None:
+    ex = ThreadPoolExecutor(threads) if threads else None
+    b, store, _ = _setup(runtime, executor=ex)
+    booked: list[tuple[int, object, int]] = []
+    b.journal = lambda slot, tokens, position: booked.append((slot, tokens, position))
+
+    async def main() -> tuple[int, int]:
+        _, a = store.create("a", 0.0)
+        _, c = store.create("c", 0.0)
+        first = b.submit(Job(STEP, a, 3))
+        async with b.quiesce():  # the running batch is waited for; the queued ones wait for the exit
+            assert not b._step.busy and not b._seq.busy
+            held = [b.submit(Job(STEP, a, 5)), b.submit(Job(SEQ, c, np.array([1, 2])))]
+            before = store.memory.read(a)
+            await asyncio.sleep(0.02)
+            assert all(not f.done() for f in held)
+            assert all(np.array_equal(x, y) for x, y in zip(store.memory.read(a), before, strict=True))
+        await asyncio.gather(first, *held)
+        return a, c
+
+    a, c = asyncio.run(main())
+    b.close()
+    per_slot = {x: [(t if isinstance(t, int) else list(t), p) for s, t, p in booked if s == x] for x in (a, c)}
+    assert per_slot == {a: [(3, 1), (5, 2)], c: [([1, 2], 2)]}  # each session's bookings in order
+    assert store.position(a) == 2 and store.position(c) == 2

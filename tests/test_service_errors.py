@@ -16,7 +16,13 @@ def _all_subclasses(cls: type) -> list[type]:
     return out
 
 
-ERROR_CLASSES = [ServiceError, *_all_subclasses(ServiceError), errors.SettingsError, errors.ModelLoadError]
+ERROR_CLASSES = [
+    ServiceError,
+    *_all_subclasses(ServiceError),
+    errors.SettingsError,
+    errors.ModelLoadError,
+    errors.StateDirError,
+]
 
 
 @pytest.mark.parametrize("cls", ERROR_CLASSES, ids=lambda c: c.__name__)
@@ -50,7 +56,13 @@ def test_every_class_defined_in_the_module_is_covered() -> None:
         (errors.NothingToPredictFrom, "INVALID_ARGUMENT"),
         (errors.SessionNotFound, "NOT_FOUND"),
         (errors.CapacityExhausted, "RESOURCE_EXHAUSTED"),
+        (errors.QuotaExhausted, "RESOURCE_EXHAUSTED"),
+        (errors.MalformedMessage, "INVALID_ARGUMENT"),
+        (errors.Unauthenticated, "UNAUTHENTICATED"),
         (errors.ShuttingDown, "UNAVAILABLE"),
+        (errors.SessionConflict, "ABORTED"),
+        (errors.StoreUnavailable, "UNAVAILABLE"),
+        (errors.StoreMismatch, "FAILED_PRECONDITION"),
         (errors.NoHeadGraph, "FAILED_PRECONDITION"),
         (errors.Internal, "INTERNAL"),
     ],

@@ -47,3 +47,17 @@ def test_bad_values_name_flag_and_variable(argv: list[str], env: dict[str, str],
     with pytest.raises(SettingsError) as e:
         from_args(argv, env=env)
     assert str(e.value) == message
+
+
+def test_shared_store_settings() -> None:
+    s = from_args(["--store", "redis"], env={"SEQPRED_REDIS_URL": "redis://cache:6380/2"})
+    assert (s.store, s.redis_url) == ("redis", "redis://cache:6380/2")
+    assert from_args([], env={}).store == "memory"
+    with pytest.raises(SettingsError, match=r"--store \(SEQPRED_STORE\): must be one of memory, redis, got 'disk'"):
+        from_args(["--store", "disk"], env={})
+    with pytest.raises(SettingsError, match=r"--store .*memory with --durability, got 'redis'"):
+        from_args(["--store", "redis", "--durability", "sync", "--state-dir", "/tmp/x"], env={})
+    with pytest.raises(
+        SettingsError, match=r"--redis-url \(SEQPRED_REDIS_URL\): must be a redis:// URL, got 'cache:6379'"
+    ):
+        from_args(["--redis-url", "cache:6379"], env={})

@@ -147,3 +147,51 @@ def test_mass_eviction_releases_memory_above_the_live_sessions() -> None:
     for _ in range(3):  # new sessions fill the lowest slots first
         _, slot = s.create(None, 2.0)
         assert slot < 6 or slot == s.high_water - 1
+
+
+def test_ids_are_scoped_by_principal() -> None:
+    s = store()
+    sid, a = s.create(None, 0.0, principal="alice")
+    assert s.info(sid, 0.0, "alice").principal == "alice" and s.count("alice") == 1 and s.count("bob") == 0
+    for call in (lambda: s.lookup(sid, 1.0), lambda: s.lookup(sid, 1.0, "bob"), lambda: s.remove(sid, "bob")):
+        with pytest.raises(SessionNotFound) as e:
+            call()
+        assert str(e.value).startswith(f"session_id: no live session {sid!r} (never created")
+    # the same client-chosen id under two principals: two sessions, two slots
+    _, b = s.create(sid, 1.0, principal="bob")
+    assert b != a and len(s) == 2 and s.lookup(sid, 2.0, "alice") == a and s.lookup(sid, 2.0, "bob") == b
+    s.advance(a, 3)
+    assert s.create(sid, 3.0, "alice") == (sid, a) and s.position(a) == 0  # start=true on a live id resets it
+    assert s.remove(sid, "bob") == 0 and s.count("bob") == 0 and s.info(sid, 4.0, "alice").position == 0
+    s.acquire(a)
+    assert s.reset(sid, 5.0, "alice") != a  # busy: a fresh slot, still alice's
+    assert s.info(sid, 5.0, "alice").principal == "alice"
+
+
+def test_eviction_and_capacity_count_every_principal() -> None:
+    s = store(capacity=3, idle=10.0)
+    s.create("x", 0.0, "alice")
+    s.create("x", 0.0, "bob")
+    s.create("x", 5.0)
+    with pytest.raises(CapacityExhausted, match="holds 3 sessions, its capacity of 3"):
+        s.create(None, 5.0, "carol")
+    assert sorted(s.expired(12.0)) == [("x", "idle"), ("x", "idle")]
+    assert len(s) == 1 and s.count("alice") == s.count("bob") == 0 and s.count("") == 1
+    assert s.create(None, 12.0, "carol")[0] != "x"
+
+
+def test_session_at_live_sessions_and_the_eviction_hook() -> None:
+    s = store(idle=10.0)
+    evicted: list[tuple[str, str, str]] = []
+    s.on_evict = lambda principal, sid, reason: evicted.append((principal, sid, reason))
+    _, a = s.create("a", 0.0, "alice")
+    _, b = s.create("b", 5.0)
+    assert s.session_at(a) == ("alice", "a") and s.session_at(b) == ("", "b")
+    assert sorted(s.live_sessions()) == [("", "b", b, 5.0), ("alice", "a", a, 0.0)]
+    s.acquire(b)
+    assert s.reset("b", 6.0) != b  # reset while a step runs: a fresh slot; the old one names nobody any more
+    assert s.session_at(b) is None
+    s.release(b)
+    s.expired(10.0)
+    assert evicted == [("alice", "a", "idle")] and s.session_at(a) is None
+    assert [x[:2] for x in s.live_sessions()] == [("", "b")]
