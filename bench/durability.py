@@ -27,10 +27,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from service import wal
+from service.bundle import load_bundle
 from service.durability import LocalLog
+from service.memory_store import MemoryStore
 from service.recovery import write_rows
-from service.runtime import Runtime, load_bundle
-from service.sessions import MemoryStore
+from service.runtime import Runtime
 from service.settings import DEFAULT_MODEL_DIR
 
 

@@ -237,7 +237,7 @@ def offline_prompt_rate(model: Path, prompts: np.ndarray, batch: int, duration: 
     """Tokens/s of onnxruntime scoring ``batch`` prompts per ``sequence.onnx`` call from the zero state."""
     import onnxruntime as ort
 
-    from service.runtime import load_bundle
+    from service.bundle import load_bundle
 
     bundle = load_bundle(model)
     opts = ort.SessionOptions()
@@ -358,7 +358,7 @@ def main() -> int:
     levels = [int(x) for x in a.streams.split(",")]
     out: dict[str, Any] = {"levels": {}}
     with bench_model(a.model) as model:
-        from service.runtime import load_bundle
+        from service.bundle import load_bundle
 
         bundle = load_bundle(model)
         cfg = bundle.config

@@ -28,83 +28,11 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
-
-from service.errors import Internal, NoHeadGraph, NothingToPredictFrom, ServiceError
+from service.batch_exec import BatchExecution
+from service.errors import Internal, NoHeadGraph, ServiceError
+from service.jobs import HEAD, MAX_BATCH_TOKENS, SCORE, SEQ, STEP, Job
 from service.runtime import Runtime
 from service.sessions import SessionStore
-
-STEP, SEQ, HEAD, SCORE = 0, 1, 2, 3
-_EMPTY = np.zeros(0, dtype=np.float32)
-#: A prompt batch holds at most this many padded tokens (rows x longest prompt), whatever max_batch says.
-MAX_BATCH_TOKENS = 65_536
-
-
-class Job:
-    """One unit of work for one session (or, for SCORE, one stateless request).
-
-    Inputs are set by the engine; outputs (``logprobs``: the next-token distribution after the job, ``scores``:
-    log-probabilities of the supplied tokens, ``topk_ids``/``topk_lp``, ``position``) by the batcher.
-    """
-
-    __slots__ = (
-        "error",
-        "future",
-        "kind",
-        "lengths",
-        "logprobs",
-        "position",
-        "score",
-        "scores",
-        "slot",
-        "t_submit",
-        "tokens",
-        "top_k",
-        "topk_ids",
-        "topk_lp",
-        "want_next",
-    )
-
-    def __init__(
-        self,
-        kind: int,
-        slot: int,
-        tokens: Any,
-        score: bool = False,
-        top_k: int = 0,
-        want_next: bool = False,
-        lengths: Any = None,
-    ) -> None:
-        self.kind = kind
-        self.slot = slot
-        self.tokens = tokens  # STEP: int; SEQ: int64 array [n]; SCORE: padded [B, T]; HEAD: None
-        self.lengths = lengths  # SCORE only
-        self.score = score
-        self.top_k = top_k
-        self.want_next = want_next or top_k > 0
-        self.future: asyncio.Future[Job] | None = None
-        self.logprobs: np.ndarray | None = None
-        self.scores: np.ndarray | None = None
-        self.topk_ids: list[int] | None = None
-        self.topk_lp: list[float] | None = None
-        self.position = 0
-        self.error: ServiceError | None = None
-        self.t_submit = 0.0
-
-
-def top_k_rows(lp: np.ndarray, ks: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """For each row of ``lp`` ``[R, V]``, the ``max(ks)`` largest entries, largest first, ties lowest id first:
-    ``(ids, values)``, both ``[R, K]``."""
-    R, V = lp.shape
-    K = min(max(ks), V)
-    rows = np.arange(R)[:, None]
-    if 4 * K >= V:
-        ids = np.argsort(-lp, axis=1, kind="stable")[:, :K]
-    else:
-        part = np.argpartition(lp, V - K, axis=1)[:, V - K :]
-        part.sort(axis=1)
-        ids = part[rows, np.argsort(-lp[rows, part], axis=1, kind="stable")]
-    return ids, lp[rows, ids]
 
 
 def _needs_head(job: Job, first_pos: int) -> bool:
@@ -141,8 +69,9 @@ class _Lane:
 Observer = Callable[[str, int, int, float, list[float]], None]
 
 
-class Batcher:
-    """Gathers jobs of different sessions into batched runtime calls; see the module docstring.
+class Batcher(BatchExecution):
+    """Gathers jobs of different sessions into batched runtime calls; see the module docstring. Batches run in
+    :class:`~service.batch_exec.BatchExecution`; jobs are :class:`~service.jobs.Job`.
 
     ``executor``: where batches run. None runs them on the event loop itself (lowest latency for small models);
     an executor keeps the loop free to receive requests while a batch runs. ``observe(lane, jobs, tokens,
@@ -370,157 +299,3 @@ class Batcher:
         else:
             fut.set_result(j)
         return n
-
-    # -- execution (on the loop or in the executor) -----------------------------------------------------------
-
-    def _execute(self, jobs: list[Job], first_pos: list[int]) -> None:
-        """Run one batch: all STEP jobs (step lane), all SEQ jobs, or one HEAD or SCORE job (sequence lane)."""
-        kind = jobs[0].kind
-        if kind == STEP:
-            self._run_step(jobs, first_pos)
-        elif kind == SEQ:
-            self._run_seq(jobs, first_pos)
-        elif kind == HEAD:
-            self._run_head(jobs, first_pos)
-        else:
-            self._run_score(jobs[0])
-
-    def _finish_topk(self, jobs: list[Job], lp: np.ndarray | None = None) -> None:
-        """Set ``topk_ids``/``topk_lp`` (Python lists) of the jobs asking for them; ``lp`` is the batch's
-        ``[B, V]`` when row i belongs to ``jobs[i]``."""
-        if len(jobs) == 1:
-            j = jobs[0]
-            if j.top_k > 0 and j.logprobs is not None:
-                row = j.logprobs
-                ids = (
-                    np.argsort(-row, kind="stable")[: j.top_k]
-                    if len(row) <= 1024
-                    else top_k_rows(row[None], [j.top_k])[0][0]
-                )
-                j.topk_ids, j.topk_lp = ids.tolist(), row[ids].tolist()
-            return
-        rows = [j for j in jobs if j.top_k > 0 and j.logprobs is not None]
-        if not rows:
-            return
-        if lp is None or len(rows) != len(jobs):
-            lp = np.stack([j.logprobs for j in rows])  # type: ignore[misc]
-        ids, vals = top_k_rows(lp, [j.top_k for j in rows])
-        id_rows, val_rows = ids.tolist(), vals.tolist()
-        for j, i_row, v_row in zip(rows, id_rows, val_rows, strict=True):
-            k = j.top_k
-            j.topk_ids, j.topk_lp = i_row[:k], v_row[:k]
-
-    def _run_head(self, jobs: list[Job], first_pos: list[int]) -> None:
-        live = [j for j, p in zip(jobs, first_pos, strict=True) if p > 0]
-        for j, p in zip(jobs, first_pos, strict=True):
-            if p == 0:
-                j.error = NothingToPredictFrom(
-                    "session has consumed no tokens yet, so there is no next-token distribution; "
-                    "send tokens or text first"
-                )
-        if live:
-            lp = self.runtime.head(self.store.memory, np.array([j.slot for j in live], dtype=np.int64))
-            for i, j in enumerate(live):
-                j.logprobs = lp[i]
-            self._finish_topk(live)
-
-    def _run_step(self, jobs: list[Job], first_pos: list[int]) -> None:
-        n = len(jobs)
-        if n == 1:
-            slots = np.array([jobs[0].slot], dtype=np.int64)
-            tokens = np.array([jobs[0].tokens], dtype=np.int64)
-        else:
-            slots = np.fromiter([j.slot for j in jobs], dtype=np.int64, count=n)
-            tokens = np.fromiter([j.tokens for j in jobs], dtype=np.int64, count=n)
-        head_rows: list[int] = []
-        want = topk = False
-        for i, j in enumerate(jobs):
-            if j.score:
-                if first_pos[i] > 0:
-                    head_rows.append(i)
-                else:
-                    j.scores = _EMPTY
-            want = want or j.want_next
-            topk = topk or j.top_k > 0
-        out = self.runtime.step(
-            self.store.memory,
-            slots,
-            tokens,
-            np.array(head_rows, dtype=np.int64) if head_rows else None,
-            want_logprobs=want,
-        )
-        lp = out.logprobs
-        if lp is not None:
-            if lp.dtype != np.float32:
-                lp = lp.astype(np.float32)
-            for i, j in enumerate(jobs):
-                if j.want_next:
-                    j.logprobs = lp[i]
-        if out.head is not None:
-            for r, i in enumerate(head_rows):
-                j = jobs[i]
-                j.scores = out.head[r, j.tokens : j.tokens + 1].astype(np.float32)
-        if topk:
-            self._finish_topk(jobs, lp)
-
-    def _run_seq(self, jobs: list[Job], first_pos: list[int]) -> None:
-        B = len(jobs)
-        lengths = np.fromiter((len(j.tokens) for j in jobs), dtype=np.int64, count=B)
-        T = int(lengths.max())
-        tokens = np.zeros((B, T), dtype=np.int64)
-        for i, j in enumerate(jobs):
-            tokens[i, : lengths[i]] = j.tokens
-        slots = np.fromiter((j.slot for j in jobs), dtype=np.int64, count=B)
-        head_rows = [i for i, (j, p) in enumerate(zip(jobs, first_pos, strict=True)) if j.score and p > 0]
-        out = self.runtime.sequence(
-            self.store.memory,
-            slots,
-            tokens,
-            lengths,
-            np.array(head_rows, dtype=np.int64) if head_rows else None,
-            want_tokens=any(j.score for j in jobs),
-            want_next=any(j.want_next for j in jobs),
-        )
-        hr = {i: r for r, i in enumerate(head_rows)}
-        for i, j in enumerate(jobs):
-            if j.want_next and out.next_logprobs is not None:
-                j.logprobs = out.next_logprobs[i].astype(np.float32, copy=False)
-            if j.score and out.token_logprobs is not None:
-                inner = out.token_logprobs[i, : lengths[i] - 1].astype(np.float32)
-                if i in hr:
-                    assert out.head is not None
-                    first = out.head[hr[i], j.tokens[0] : j.tokens[0] + 1].astype(np.float32)
-                    j.scores = np.concatenate([first, inner])
-                else:
-                    j.scores = inner
-        self._finish_topk(jobs)
-
-    def _run_score(self, job: Job) -> None:
-        """A SCORE job: ``tokens`` is a list of 1-D arrays; sorted by length and run ``max_batch`` at a time."""
-        seqs: list[np.ndarray] = job.tokens
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-        scores: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(seqs)
-        nexts: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(seqs)
-        i = 0
-        while i < len(order):
-            T = len(seqs[order[i]])
-            n = 1
-            while i + n < len(order) and n < self.max_batch and len(seqs[order[i + n]]) * (n + 1) <= MAX_BATCH_TOKENS:
-                n += 1
-            group = order[i : i + n]
-            T = len(seqs[group[-1]])
-            tokens = np.zeros((n, T), dtype=np.int64)
-            lengths = np.empty(n, dtype=np.int64)
-            for r, k in enumerate(group):
-                tokens[r, : len(seqs[k])] = seqs[k]
-                lengths[r] = len(seqs[k])
-            tl, nl = self.runtime.score(tokens, lengths)
-            for r, k in enumerate(group):
-                scores[k] = tl[r, : lengths[r] - 1].astype(np.float32)
-                nexts[k] = nl[r].astype(np.float32)
-            i += n
-        job.scores = scores  # type: ignore[assignment]
-        job.logprobs = nexts  # type: ignore[assignment]
-        if job.top_k > 0:
-            ids, vals = top_k_rows(np.stack(nexts), [job.top_k])
-            job.topk_ids, job.topk_lp = ids.tolist(), vals.tolist()

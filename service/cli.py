@@ -108,7 +108,8 @@ def main_client(argv: Sequence[str] | None = None, stdin: TextIO | None = None, 
     """``seqpred client --target HOST:PORT [--json] [TEXT]``."""
     import grpc
 
-    from service.client import Client, RequestError
+    from service.client import Client
+    from service.client_types import RequestError
 
     args = client_parser().parse_args(argv)
     out = stdout or sys.stdout
@@ -165,7 +166,7 @@ def _one_shot(client: Any, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _req(text: str, **kw: Any) -> Any:
-    from service.client import make_request
+    from service.client_types import make_request
 
     return make_request(text=text, **kw)
 
@@ -185,7 +186,7 @@ def _completion(client: Any, context: str, args: argparse.Namespace) -> str:
 
 
 def _interactive(client: Any, args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
-    from service.client import RequestError
+    from service.client_types import RequestError
 
     if stdin.isatty() and out.isatty():
         return _interactive_tty(client, args, stdin, out)
@@ -217,7 +218,7 @@ def _interactive_tty(client: Any, args: argparse.Namespace, stdin: TextIO, out: 
     import termios
     import tty
 
-    from service.client import RequestError
+    from service.client_types import RequestError
 
     fd = stdin.fileno()
     saved = termios.tcgetattr(fd)

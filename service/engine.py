@@ -17,105 +17,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from model.evaluate import sample_next
-from model.tokenizers import WordTokenizer
-from service.batcher import HEAD, SCORE, SEQ, STEP, Batcher, Job
+from service.batcher import Batcher
+from service.engine_sessions import EngineSessions
 from service.errors import (
-    BadSampling,
-    CapacityExhausted,
     EmptyRequest,
     InvalidArgument,
-    NothingToPredictFrom,
-    QuotaExhausted,
     ServiceError,
-    SessionNotFound,
     ShuttingDown,
-    TokenOutOfRange,
     TooManyTokens,
-    UnknownSymbol,
     status_name,
 )
+from service.jobs import HEAD, SCORE, SEQ, STEP, Job
 from service.metrics import Metrics
-from service.persistence import NO_SCOPE, Persistence
+from service.persistence import Persistence
+from service.requests import GenerateSpec, Reply, Request, ScoreResult, SessionView
 from service.runtime import Runtime
 from service.sessions import SessionInfo, SessionStore, check_session_id
 from service.settings import Settings
+from service.validation import RequestChecks
 
 log = logging.getLogger("seqpred.engine")
 
 
-@dataclass(frozen=True)
-class GenerateSpec:
-    """Sampling parameters; ``temperature`` 0 is greedy, ``top_k`` 0 = all, ``seed`` None = random."""
+class Engine(RequestChecks, EngineSessions):
+    """Sessions, validation, batching and sampling, without any transport.
 
-    max_tokens: int
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
-
-
-@dataclass(slots=True)
-class Request:
-    """One request to a session (see ``StreamRequest`` in the proto)."""
-
-    session_id: str = ""
-    tokens: Sequence[int] = ()
-    text: str = ""
-    start: bool = False
-    end: bool = False
-    top_k: int = 0
-    score: bool = False
-    generate: GenerateSpec | None = None
-    request_id: int = 0
-    principal: str = ""  # who asks (authenticated by the transport; "" = anonymous): sessions are scoped by it
-
-
-@dataclass(slots=True)
-class Reply:
-    """One reply (see ``StreamResponse``); arrays are NumPy, ids index the vocabulary."""
-
-    session_id: str
-    position: int
-    request_id: int = 0
-    final: bool = True
-    top_ids: list[int] | None = None
-    top_logprobs: list[float] | None = None
-    token_logprobs: np.ndarray | None = None
-    generated: list[tuple[int, float]] = field(default_factory=list)
-    ended: bool = False
-
-
-@dataclass(frozen=True)
-class ScoreResult:
-    num_tokens: int
-    token_logprobs: np.ndarray
-    total_logprob: float
-    top_ids: list[int] | None
-    top_logprobs: list[float] | None
-
-
-@dataclass(frozen=True)
-class SessionView:
-    """A session as reported to clients: wall-clock times (``time.time()``), seconds left before eviction."""
-
-    session_id: str
-    position: int
-    created: float
-    last_active: float
-    time_left: float | None
-
-
-class Engine:
-    """Sessions, validation, batching and sampling, without any transport."""
+    Validation lives in :class:`~service.validation.RequestChecks`, session handling and the persistence hooks in
+    :class:`~service.engine_sessions.EngineSessions`; the request flows are here."""
 
     def __init__(
         self,
@@ -174,187 +109,6 @@ class Engine:
         if gone:
             log.info("evicted sessions", extra={"fields": {"count": len(gone), "active": len(self.store)}})
         return gone
-
-    # -- persistence ------------------------------------------------------------------------------------------
-
-    def _journal(self, slot: int, tokens: Any, position: int) -> None:
-        """The batcher booked tokens for ``slot``: report them if its session is still live (not reset or
-        removed while the step ran: those tokens went to a state nobody will see again)."""
-        who = self.store.session_at(slot)
-        if who is not None and self.persistence is not None:
-            mem = self.store.memory
-            self.persistence.on_advance(who[0], who[1], tokens, position, lambda: mem.read(slot))
-
-    def _start_failed(self, r: Request, sid: str, inputs: np.ndarray | int | None) -> None:
-        """The tokens of a request that created or reset its session were not consumed (the batch failed): report
-        the start alone, so that it counts without them (see ``Persistence.on_start``)."""
-        if self.persistence is not None and inputs is not None and (r.start or not r.session_id):
-            self.persistence.on_start(r.principal, sid, True, 0)
-
-    async def durable(self) -> None:
-        """Return once every change made so far is durable (at once without persistence or in periodic mode)."""
-        if self.persistence is not None:
-            w = self.persistence.durable()
-            if w is not None:
-                await w
-
-    def _scope(self, r: Request) -> contextlib.AbstractAsyncContextManager[None]:
-        """The persistence's scope around a request naming a session (a shared store serializes the session's
-        requests on this replica and loads or refreshes it on entry); a no-op otherwise."""
-        if self.persistence is None or not r.session_id:
-            return NO_SCOPE
-        return self.persistence.scope(self.store, r.principal, r.session_id, r.start)
-
-    async def _durable_for(self, principal: str, sid: str) -> None:
-        """Before a reply: this session's changes are durable; a shared store may fail the request instead."""
-        assert self.persistence is not None
-        try:
-            w = self.persistence.session_durable(principal, sid)
-            if w is not None:
-                await w
-        except ServiceError as e:
-            e.session_id = sid
-            raise
-
-    # -- validation -------------------------------------------------------------------------------------------
-
-    def _check_ids(self, tokens: Sequence[int], name: str) -> np.ndarray:
-        n = len(tokens)
-        if n > self.settings.max_request_tokens:
-            raise TooManyTokens(
-                f"{name}: {n} tokens, more than the limit of {self.settings.max_request_tokens} per request"
-            )
-        arr = np.fromiter(tokens, dtype=np.int64, count=n)
-        bad = np.flatnonzero((arr < 0) | (arr >= self.V))
-        if bad.size:
-            i = int(bad[0])
-            raise TokenOutOfRange(f"{name}[{i}]: token id {int(arr[i])} is out of range [0, {self.V})")
-        return arr
-
-    def encode_text(self, text: str, name: str = "text") -> np.ndarray:
-        """Tokenize ``text``; a symbol outside the vocabulary raises UnknownSymbol naming it and its offset."""
-        tok = self.tokenizer
-        limit = self.settings.max_request_tokens
-        if len(text) > limit:
-            # refuse a huge text before tokenizing all of it (seconds of event-loop time for 16 MiB): char and
-            # byte tokenizers give at least one token per character; word tokens are counted up to the limit
-            if isinstance(tok, WordTokenizer):
-                if tok.count_at_most(text, limit) > limit:
-                    raise TooManyTokens(f"{name}: more than {limit} tokens, the limit per request")
-            else:
-                raise TooManyTokens(
-                    f"{name}: {len(text)} characters, at least {len(text)} tokens, more than the limit of {limit} "
-                    "per request"
-                )
-        ids = tok.encode(text)
-        if len(ids) > limit:
-            raise TooManyTokens(f"{name}: {len(ids)} tokens, more than the limit of {limit} per request")
-        if tok.unk_id is not None and len(ids):
-            bad = np.flatnonzero(ids == tok.unk_id)
-            if bad.size:
-                i = int(bad[0])
-                if isinstance(tok, WordTokenizer):
-                    pieces = tok.split(text)
-                    sym, offset, what = pieces[i], sum(len(p) for p in pieces[:i]), "word"
-                else:
-                    sym, offset, what = text[i], i, "character"
-                shown = repr(sym) if len(sym) <= 32 else f"{sym[:32]!r}... ({len(sym)} characters)"
-                raise UnknownSymbol(f"{name}: {what} {shown} at offset {offset} is not in the model's vocabulary")
-        return ids
-
-    def _inputs(self, tokens: Sequence[int], text: str, name: str = "") -> np.ndarray | int | None:
-        """The request's tokens: None, one int (the common single-step case) or an int64 array."""
-        if len(tokens) and text:
-            raise InvalidArgument(f"{name or 'request'}: set tokens or text, not both")
-        if text:
-            ids = self.encode_text(text, f"{name}.text" if name else "text")
-            return int(ids[0]) if len(ids) == 1 else ids
-        if len(tokens) == 1:
-            t = tokens[0]
-            if not 0 <= t < self.V:
-                raise TokenOutOfRange(
-                    f"{name + '.' if name else ''}tokens[0]: token id {t} is out of range [0, {self.V})"
-                )
-            return int(t)
-        if len(tokens) == 0:
-            return None
-        return self._check_ids(tokens, f"{name}.tokens" if name else "tokens")
-
-    def _check_top_k(self, k: int, name: str = "top_k") -> None:
-        if k > self.max_top_k:
-            raise BadSampling(f"{name}: must be <= {self.max_top_k}, got {k}")
-
-    def _check_generate(self, g: GenerateSpec) -> None:
-        limit = self.settings.max_generate_tokens
-        if not 1 <= g.max_tokens <= limit:
-            raise TooManyTokens(f"generate.max_tokens: must be in [1, {limit}], got {g.max_tokens}")
-        if not math.isfinite(g.temperature) or g.temperature < 0:
-            raise BadSampling(f"generate.temperature: must be finite and >= 0, got {g.temperature}")
-        if not (0 < g.top_p <= 1):  # also rejects NaN
-            raise BadSampling(f"generate.top_p: must be in (0, 1], got {g.top_p}")
-        if g.top_k > self.V:
-            raise BadSampling(f"generate.top_k: must be <= the vocabulary size {self.V}, got {g.top_k}")
-
-    # -- sessions ---------------------------------------------------------------------------------------------
-
-    def _session(self, r: Request, now: float, history_needed: bool, then: int = 0) -> tuple[str, int]:
-        sid = r.session_id
-        fresh = not sid or r.start
-        if fresh and history_needed:
-            what = "generate" if r.generate is not None else "top_k"
-            raise NothingToPredictFrom(
-                f"{what}: a new or reset session has consumed no tokens, so there is no next-token distribution; "
-                "send tokens or text with it"
-            )
-        if not sid:
-            return self._create(None, now, r.principal, then)
-        if r.start:
-            return self._create(sid, now, r.principal, then)
-        return sid, self.store.lookup(sid, now, r.principal)
-
-    def _create(self, sid: str | None, now: float, principal: str, then: int = 0) -> tuple[str, int]:
-        """Create (or reset) a session for a request that feeds it ``then`` tokens next."""
-        live = sid is not None and self._is_live(sid, principal)
-        quota = self.settings.max_sessions_per_principal
-        try:
-            if quota and not live and self.store.count(principal) >= quota:
-                who = f"principal {principal!r}" if principal else "the anonymous principal"
-                raise QuotaExhausted(
-                    f"sessions: {who} holds {self.store.count(principal)} sessions, its quota of {quota} "
-                    "(--max-sessions-per-principal); end or close sessions, or retry later"
-                )
-            out = self.store.create(sid, now, principal)
-            if self.persistence is not None:
-                self.persistence.on_start(principal, out[0], live, then)
-        except CapacityExhausted as e:
-            if self.metrics is not None:
-                self.metrics.rejected.labels("quota" if isinstance(e, QuotaExhausted) else "capacity").inc()
-            raise
-        if self.metrics is not None and not live:
-            self.metrics.created.inc()
-        return out
-
-    def _is_live(self, sid: str, principal: str) -> bool:
-        try:
-            self.store.info(sid, 0.0, principal)
-        except ServiceError:
-            return False
-        return True
-
-    def _still_live(self, sid: str, slot: int, principal: str) -> None:
-        if self.store.lookup(sid, time.monotonic(), principal) != slot:
-            raise SessionNotFound(f"session_id: session {sid!r} was reset by another request during generation")
-
-    def _end(self, sid: str, principal: str) -> bool:
-        try:
-            self.store.remove(sid, principal)
-        except ServiceError:  # closed meanwhile by another stream
-            return False
-        if self.persistence is not None:
-            self.persistence.on_close(principal, sid, "end")
-        if self.metrics is not None:
-            self.metrics.closed.inc()
-        return True
 
     # -- requests ---------------------------------------------------------------------------------------------
 

@@ -23,8 +23,9 @@ import numpy as np
 
 from service import wal
 from service.errors import StateDirError
-from service.runtime import DeviceStateMemory, HostStateMemory, Runtime, StateMemory
+from service.runtime import Runtime
 from service.sessions import SessionStore
+from service.state_memory import DeviceStateMemory, HostStateMemory, StateMemory
 
 log = logging.getLogger("seqpred.durability")
 

@@ -1,4 +1,4 @@
-"""Offline scoring I/O: reading sequences (text, JSONL, a directory, stdin) and writing JSONL records.
+"""Offline scoring input: reading sequences (text, JSONL, a directory, stdin), lazily, as token ids.
 
 Inputs, read lazily one sequence at a time so that memory does not grow with the input:
 
@@ -14,22 +14,19 @@ Inputs, read lazily one sequence at a time so that memory does not grow with the
 A line (or file) that cannot be turned into a sequence gives a :class:`BadInput` naming where it is and what is
 wrong, e.g. ``data.jsonl:12: tokens[3]: token id 99 is out of range [0, 65)``; the caller skips it or stops.
 
-Output: :class:`RecordWriter` appends one JSON object per line, flushed in groups; with ``resume`` it first drops
-an incomplete last line left by an interrupted run and collects the ids already written.
+The output records are written by :mod:`service.scoring_records`.
 """
 
 from __future__ import annotations
 
 import gzip
-import io
 import json
-import math
 import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import numpy as np
 from numpy.typing import NDArray
@@ -282,100 +279,12 @@ def _list_files(root: Path) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Output
-
-
-def round_floats(values: NDArray[Any]) -> list[float | None]:
-    """float32 values as short JSON numbers (6 decimals: float32 keeps ~7 significant digits); NaN -> null."""
-    out: list[float | None] = np.round(values.astype(np.float64), 6).tolist()
-    return [None if v is None or math.isnan(v) else v for v in out]
-
-
-class RecordWriter:
-    """Appends JSON lines to OUTPUT (a file, or stdout for ``-``), one ``write`` per group, flushed each time.
-
-    A file that exists needs ``resume`` (keep it, skip its ids) or ``overwrite`` (replace it); otherwise
-    ConfigError. With ``resume``, an incomplete last line (a run killed mid-write) is cut off and reported in
-    :attr:`dropped_bytes`; every complete line must be a JSON object with an ``id``.
-    """
-
-    def __init__(
-        self, path: str | None, *, resume: bool = False, overwrite: bool = False, stdout: IO[str] | None = None
-    ) -> None:
-        self.path = None if path in (None, STDIN) else Path(path)
-        self.done: set[str] = set()
-        self.dropped_bytes = 0
-        self._f: IO[str]
-        if self.path is None:
-            if resume:
-                raise ConfigError("--resume: needs --out FILE (ids already scored are read from it)")
-            self._f = stdout if stdout is not None else sys.stdout
-            self._own = False
-            return
-        p = self.path
-        if p.exists() and not p.is_file():
-            raise ConfigError(f"--out: {str(p)!r} exists and is not a regular file")
-        if p.exists() and not resume and not overwrite:
-            raise ConfigError(
-                f"--out: {str(p)!r} already exists; pass --resume to skip the ids it holds or --overwrite to replace it"
-            )
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            if resume and p.exists():
-                self._load(p)
-            self._f = open(p, "a" if resume else "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
-        except OSError as e:
-            raise ConfigError(f"--out: cannot write {str(p)!r} ({e.strerror or e})") from None
-        self._own = True
-
-    def _load(self, p: Path) -> None:
-        with open(p, "rb+") as f:
-            data = f.read()
-            end = data.rfind(b"\n") + 1
-            if end < len(data):  # an interrupted run left half a line
-                self.dropped_bytes = len(data) - end
-                f.truncate(end)
-        for lineno, raw in enumerate(io.BytesIO(data[:end]), start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise ConfigError(
-                    f"--out: {str(p)!r} line {lineno} is not JSON (not written by seqpred score?)"
-                ) from None
-            if not isinstance(obj, dict) or "id" not in obj:
-                raise ConfigError(f"--out: {str(p)!r} line {lineno} has no 'id' (not written by seqpred score?)")
-            self.done.add(id_key(obj["id"]))
-
-    def write(self, lines: list[str]) -> None:
-        """Write complete lines (each already ending in a newline) and flush them."""
-        if lines:
-            self._f.write("".join(lines))
-            self._f.flush()
-
-    def close(self) -> None:
-        if self._own:
-            self._f.close()
-        else:
-            self._f.flush()
-
-
-def dumps(record: dict[str, Any]) -> str:
-    """One output line."""
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n"
-
-
 __all__ = [
     "FORMATS",
     "BadInput",
     "Encoder",
     "InputReader",
     "Item",
-    "RecordWriter",
-    "dumps",
     "id_key",
     "input_format",
-    "round_floats",
 ]

@@ -29,14 +29,16 @@ from grpc_reflection.v1alpha import reflection
 from service._proto.seqpred.v1 import seqpred_pb2 as pb
 from service.auth import AuthInterceptor, load_tokens
 from service.batcher import Batcher
+from service.bundle import load_bundle
 from service.durability import DurabilityMetrics, LocalLog
 from service.engine import Engine
 from service.errors import ModelLoadError
+from service.memory_store import MemoryStore
 from service.metrics import Metrics
 from service.persistence import Persistence
-from service.runtime import Runtime, load_bundle
+from service.runtime import Runtime
 from service.servicer import SeqPredServicer, add_to_server
-from service.sessions import MemoryStore, SessionStore
+from service.sessions import SessionStore
 from service.settings import DEFAULT_MODEL_DIR, Settings
 from service.tls import server_credentials
 

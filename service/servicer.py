@@ -22,8 +22,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from service._proto.seqpred.v1 import seqpred_pb2 as pb
 from service._proto.seqpred.v1 import seqpred_pb2_grpc as pb_grpc
 from service.auth import behavior_of, current_principal, method_handler
-from service.engine import Engine, GenerateSpec, Reply, Request
+from service.engine import Engine
 from service.errors import CODE_NUMBERS, MalformedMessage, ServiceError, ShuttingDown, status_name
+from service.requests import GenerateSpec, Reply, Request
 
 log = logging.getLogger("seqpred.servicer")
 _exp = math.exp

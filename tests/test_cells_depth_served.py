@@ -16,8 +16,9 @@ from model.checkpoint import load_run
 from model.cli import main
 from model.export import export_run
 from model.network import forward, log_softmax, zero_state
+from service.bundle import load_bundle
 from service.client import Client
-from service.runtime import Runtime, load_bundle
+from service.runtime import Runtime
 
 
 def _train(tmp_path: Path, steps: int) -> Path:

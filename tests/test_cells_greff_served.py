@@ -21,8 +21,9 @@ from model.cli import main
 from model.config import ModelConfig
 from model.export import export_run
 from model.network import forward, init_params, log_softmax, loss_and_dout, zero_state
+from service.bundle import load_bundle
 from service.client import Client
-from service.runtime import Runtime, load_bundle
+from service.runtime import Runtime
 
 
 def _train(tmp_path: Path, cell: str, steps: int) -> Path:

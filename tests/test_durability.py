@@ -24,14 +24,17 @@ from service_helpers import oracle, running_server, tiny_model
 from service_helpers import settings as server_settings
 
 from service import logwriter, recovery, wal
-from service.client import Client, RequestError, make_request
+from service.bundle import load_bundle
+from service.client import Client
+from service.client_types import RequestError, make_request
 from service.durability import LocalLog
-from service.engine import Engine, Request
+from service.engine import Engine
 from service.errors import SettingsError, StateDirError, StoreUnavailable
+from service.memory_store import MemoryStore
 from service.persistence import Persistence
-from service.runtime import Runtime, load_bundle
+from service.requests import Request
+from service.runtime import Runtime
 from service.server import SeqpredServer
-from service.sessions import MemoryStore
 from service.settings import from_args
 
 ATOL = 1e-4

@@ -16,10 +16,10 @@ import pytest
 from redis_helpers import RedisServer, redis_server
 
 from service.errors import SessionConflict, SessionNotFound
+from service.memory_store import MemoryStore
 from service.redis_persistence import RedisShared
 from service.redis_store import RedisSessions
-from service.runtime import HostStateMemory
-from service.sessions import MemoryStore
+from service.state_memory import HostStateMemory
 
 WIDTHS = [3, 5]
 MODEL = "0f" * 32

@@ -24,7 +24,8 @@ import pytest
 from redis_helpers import RedisServer, free_port, redis_server
 from service_helpers import oracle, settings, tiny_model
 
-from service.client import Client, RequestError
+from service.client import Client
+from service.client_types import RequestError
 from service.errors import StoreUnavailable
 from service.server import ServerThread
 

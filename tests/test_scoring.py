@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 from model.checkpoint import load_run
 from model.errors import ConfigError, DataError
 from model.network import forward, log_softmax, zero_state
-from service.scoring import WINDOWS_AHEAD, Scorer, main_score, plan_batches
+from service.scorer import WINDOWS_AHEAD, Scorer, plan_batches
+from service.scoring import main_score
 from service.scoring_io import Item
 
 CORPUS = "the quick brown fox jumps over the lazy dog\nand the cat sat on the mat\n" * 40

@@ -12,7 +12,8 @@ import pytest
 
 from model.errors import ConfigError, DataError
 from model.tokenizers import CharTokenizer, WordTokenizer
-from service.scoring_io import BadInput, Encoder, InputReader, Item, RecordWriter, dumps, id_key, input_format
+from service.scoring_io import BadInput, Encoder, InputReader, Item, id_key, input_format
+from service.scoring_records import RecordWriter, dumps
 
 TOK = CharTokenizer("abc \n")  # id 0 is <unk>
 

@@ -22,7 +22,9 @@ from service._proto.seqpred.v1 import seqpred_pb2 as pb
 from service._proto.seqpred.v1 import seqpred_pb2_grpc as pb_grpc
 from service.auth import TokenTable, bearer_token, parse_tokens
 from service.cli import main_client
-from service.client import AsyncClient, Client, RequestError
+from service.client import Client
+from service.client_async import AsyncClient
+from service.client_types import RequestError
 from service.errors import SettingsError, Unauthenticated
 from service.server import ServerThread
 

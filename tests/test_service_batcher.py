@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from service_helpers import oracle, tiny_model
 
-from service.batcher import HEAD, SCORE, SEQ, STEP, Batcher, Job, top_k_rows
+from service.batcher import Batcher
+from service.bundle import load_bundle
 from service.errors import NothingToPredictFrom
-from service.runtime import Runtime, load_bundle
-from service.sessions import MemoryStore
+from service.jobs import HEAD, SCORE, SEQ, STEP, Job, top_k_rows
+from service.memory_store import MemoryStore
+from service.runtime import Runtime
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,9 @@ import pytest
 from service_helpers import oracle, running_server, tiny_model
 
 from service.cli import main_client, main_serve
-from service.client import AsyncClient, Client, RequestError
+from service.client import Client
+from service.client_async import AsyncClient
+from service.client_types import RequestError
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,9 @@ import pytest
 from service_helpers import oracle, settings, tiny_model
 
 from model.network import forward, log_softmax, zero_state
-from service.engine import Engine, GenerateSpec, Request
+from service.engine import Engine
 from service.errors import SessionNotFound
+from service.requests import GenerateSpec, Request
 from service.server import SeqpredServer
 
 

@@ -12,10 +12,12 @@ from service_helpers import tiny_model, tiny_run
 
 from model.checkpoint import load_run
 from model.network import forward, log_softmax
+from service.bundle import load_bundle
 from service.errors import ModelLoadError, SettingsError
-from service.runtime import HostStateMemory, Runtime, load_bundle, resolve_providers
+from service.runtime import Runtime, resolve_providers
 from service.server import load_runtime
 from service.settings import DEFAULT_MODEL_DIR, Settings
+from service.state_memory import HostStateMemory
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 

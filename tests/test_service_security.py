@@ -24,8 +24,9 @@ from service_helpers import running_server, settings, tiny_model
 from model.tokenizers import ByteTokenizer, WordTokenizer
 from service._proto.seqpred.v1 import seqpred_pb2 as pb
 from service._proto.seqpred.v1 import seqpred_pb2_grpc as pb_grpc
+from service.bundle import HEAD, MANIFEST, STEP, load_bundle
 from service.errors import ModelLoadError, TooManyTokens, UnknownSymbol
-from service.runtime import HEAD, MANIFEST, STEP, Runtime, load_bundle
+from service.runtime import Runtime
 from service.server import SeqpredServer
 
 

@@ -14,7 +14,8 @@ from service_helpers import running_server
 from tls_helpers import Pki, make_pki
 
 from service.cli import main_client
-from service.client import Client, RequestError
+from service.client import Client
+from service.client_types import RequestError
 from service.errors import SettingsError
 from service.settings import Settings
 from service.tls import channel_credentials, read_pem, server_credentials

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from service.errors import CapacityExhausted, SessionIdTooLong, SessionNotFound
-from service.runtime import HostStateMemory
-from service.sessions import MAX_ID_CHARS, RELEASE_MIN_SLOTS, MemoryStore, new_session_id
+from service.memory_store import RELEASE_MIN_SLOTS, MemoryStore
+from service.sessions import MAX_ID_CHARS, new_session_id
+from service.state_memory import HostStateMemory
 
 
 def store(capacity: int = 8, idle: float = 10.0, life: float = 0.0) -> MemoryStore:
