@@ -40,25 +40,15 @@ class ModelBundle:
 
     def graph_bytes(self, fname: str) -> bytes:
         """The bytes of graph file ``fname``, checked against the manifest's sha256 as they are read (the bytes
-        handed to onnxruntime are the bytes verified); a file the manifest does not list is refused."""
-        entry = next((g for g in self.manifest.get("graphs", {}).values() if g.get("file") == fname), None)
-        fpath = self.path / fname
-        if entry is None:
-            raise ModelLoadError(
-                f"model: {fpath}: not listed in {MANIFEST}'s graphs, so its sha256 cannot be checked; remove it or "
-                "list it with its sha256"
-            )
+        handed to onnxruntime are the bytes verified; :meth:`model.export.ModelDir.graph_bytes`); a file the
+        manifest does not list is refused. Raises :class:`ModelLoadError` naming the file."""
+        from model.export.manifest import ModelDir
+
+        md = ModelDir(self.path, self.config, self.tokenizer, self.precision, [], self.manifest)
         try:
-            data = fpath.read_bytes()
-        except OSError as e:
-            raise ModelLoadError(f"model: {fpath}: unreadable ({e.strerror or e})") from None
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != entry.get("sha256"):
-            raise ModelLoadError(
-                f"model: {fpath}: sha256 {digest[:12]}... does not match the manifest's "
-                f"{str(entry.get('sha256'))[:12]}... (file modified or corrupt)"
-            )
-        return data
+            return md.graph_bytes(fname)
+        except SeqpredError as e:
+            raise ModelLoadError(f"model: {e}") from None
 
 
 def load_bundle(path: str | Path) -> ModelBundle:

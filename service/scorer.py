@@ -151,7 +151,10 @@ class Scorer:
         self.chunk_len = chunk_len
         self.batch_tokens = batch_tokens
         self.max_batch = max_batch
-        base = graph if graph is not None else onnx.load(md.sequence_path)
+        try:  # the bytes verified against the manifest's sha256 are the bytes loaded (no swap in between)
+            base = graph if graph is not None else onnx.load_from_string(md.graph_bytes(md.sequence_path.name))
+        except SeqpredError as e:
+            raise ConfigError(f"model: {e}") from None
         if top_k:
             base = with_top_k(base, top_k)
         self.session = make_session(base.SerializeToString(), threads=intra_op_threads, spinning=False)

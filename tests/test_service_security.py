@@ -163,3 +163,24 @@ def test_a_head_graph_must_be_listed_in_the_manifest(tmp_path: Path) -> None:
     (d / MANIFEST).write_text(json.dumps(manifest))
     listed = Runtime(load_bundle(d), "cpu")
     assert listed.has_head and listed.head_input == rt.head_input
+
+
+def test_offline_scoring_verifies_the_graph_bytes_it_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import model.export as export
+    from model.errors import ConfigError
+    from service.bundle import SEQUENCE
+    from service.scorer import Scorer
+
+    d = _copy_model(tmp_path)
+    checked = export.load_model_dir(d)  # the manifest check passes here...
+    monkeypatch.setattr(export, "load_model_dir", lambda _path: checked)
+    with open(d / SEQUENCE, "r+b") as f:  # ...then the graph changes before the scorer reads it
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(ConfigError, match=r"sequence\.onnx: sha256 .* does not match the manifest"):
+        Scorer(d)
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match=r"sequence\.onnx: sha256 .* does not match the manifest"):
+        Scorer(d)

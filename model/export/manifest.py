@@ -147,6 +147,29 @@ class ModelDir:
     def state_names(self) -> list[str]:
         return [s.name for s in self.states]
 
+    def graph_bytes(self, fname: str) -> bytes:
+        """The bytes of graph file ``fname``, checked against the manifest's sha256 as they are read, so the
+        bytes handed to onnxruntime are the bytes verified (a file swapped after :func:`load_model_dir` is
+        caught). A file the manifest does not list is refused. Raises :class:`CheckpointError` naming the file."""
+        entry = next((g for g in self.manifest.get("graphs", {}).values() if g.get("file") == fname), None)
+        fpath = self.path / fname
+        if entry is None:
+            raise CheckpointError(
+                f"{fpath}: not listed in {MANIFEST}'s graphs, so its sha256 cannot be checked; remove it or "
+                "list it with its sha256"
+            )
+        try:
+            data = fpath.read_bytes()
+        except OSError as e:
+            raise CheckpointError(f"{fpath}: unreadable ({e.strerror or e})") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != entry.get("sha256"):
+            raise CheckpointError(
+                f"{fpath}: sha256 {digest[:12]}... does not match the manifest's "
+                f"{str(entry.get('sha256'))[:12]}... (file modified or corrupt)"
+            )
+        return data
+
     @property
     def provenance(self) -> dict[str, Any]:
         return dict(self.manifest["provenance"])
