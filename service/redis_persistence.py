@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+from prometheus_client import CollectorRegistry, Counter
 
 from service.errors import ServiceError, SessionConflict, SessionNotFound, StoreUnavailable
 from service.persistence import Persistence, StateFn
@@ -74,14 +75,23 @@ class _Entry:
 class RedisShared(Persistence):
     """Redis-backed persistence hooks; see the module docstring. Build with :meth:`from_settings`."""
 
-    def __init__(self, sessions: RedisSessions) -> None:
+    def __init__(self, sessions: RedisSessions, registry: CollectorRegistry | None = None) -> None:
         self.redis = sessions
         self._entries: dict[Key, _Entry] = {}
         self.loads = 0  # sessions loaded from Redis (first use here, or refreshed after another replica's write)
         self.conflicts = 0  # writes refused because another replica wrote first
+        r = registry if registry is not None else CollectorRegistry()
+        self._loads = Counter(
+            "seqpred_shared_loads_total", "sessions loaded from the shared store (first use or stale copy)", registry=r
+        )
+        self._conflicts = Counter(
+            "seqpred_shared_conflicts_total", "writes refused because another replica advanced the session", registry=r
+        )
 
     @classmethod
-    def from_settings(cls, settings: Settings, runtime: Runtime, store: SessionStore) -> RedisShared:
+    def from_settings(
+        cls, settings: Settings, runtime: Runtime, store: SessionStore, registry: CollectorRegistry | None = None
+    ) -> RedisShared:
         mem = store.memory
         sessions = RedisSessions.from_url(
             settings.redis_url,
@@ -91,7 +101,7 @@ class RedisShared(Persistence):
             idle_timeout=settings.idle_timeout,
             max_lifetime=settings.max_lifetime,
         )
-        return cls(sessions)
+        return cls(sessions, registry)
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
@@ -157,6 +167,7 @@ class RedisShared(Persistence):
         store.memory.write(slot, rec.state)
         e.version, e.created, e.stale = rec.version, rec.created, False
         self.loads += 1
+        self._loads.inc()
 
     def _forget_if_unused(self, key: Key, e: _Entry) -> None:
         unused = e.users == 0 and e.writer is None and e.pending is None and e.version == 0 and not e.stale
@@ -241,6 +252,7 @@ class RedisShared(Persistence):
         """Nothing of this change (nor of any later one of this lineage) is stored; reload before the next use."""
         if isinstance(err, SessionConflict):
             self.conflicts += 1
+            self._conflicts.inc()
         e.error, e.stale, e.pending = err, True, None
         self._settle(e, e.seq, err)
 

@@ -210,7 +210,7 @@ def make_persistence(settings: Settings, metrics: Metrics, runtime: Runtime, sto
     if settings.store == "redis":
         from service.redis_persistence import RedisShared
 
-        return RedisShared.from_settings(settings, runtime, store)
+        return RedisShared.from_settings(settings, runtime, store, metrics.registry)
     if settings.durability == "none":
         return None
     return LocalLog(

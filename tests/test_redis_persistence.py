@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 from redis_helpers import RedisServer, redis_server
 
 from service.errors import SessionConflict, SessionNotFound
@@ -36,7 +37,10 @@ class Replica:
 
     def __init__(self, url: str, idle: float = 60.0) -> None:
         self.store = MemoryStore(HostStateMemory(8, WIDTHS), idle_timeout=idle)
-        self.shared = RedisShared(RedisSessions.from_url(url, model=MODEL, widths=WIDTHS, idle_timeout=idle))
+        self.registry = CollectorRegistry()
+        self.shared = RedisShared(
+            RedisSessions.from_url(url, model=MODEL, widths=WIDTHS, idle_timeout=idle), self.registry
+        )
 
     def state(self, sid: str) -> list[np.ndarray]:
         return self.store.memory.read(self.store.lookup(sid, time.monotonic()))
@@ -132,10 +136,14 @@ def test_the_loser_of_a_race_gets_aborted_and_stores_nothing(server: RedisServer
         rec = await a.shared.redis.get("s")
         assert rec is not None and rec.position == 2 and same(rec.state, a.state("s"))
         assert b.shared.conflicts == 1
+        assert b.registry.get_sample_value("seqpred_shared_conflicts_total") == 1.0  # the Prometheus counter
+        assert a.registry.get_sample_value("seqpred_shared_conflicts_total") == 0.0
+        loads_before = b.registry.get_sample_value("seqpred_shared_loads_total") or 0.0
         # B's next request reloads A's state: its own lost step is gone
         async with b.shared.scope(b.store, "", "s", False):
             assert same(b.state("s"), a.state("s"))
             assert b.store.position(b.store.lookup("s", time.monotonic())) == 2
+        assert b.registry.get_sample_value("seqpred_shared_loads_total") == loads_before + 1
 
     run(server, body)
 
