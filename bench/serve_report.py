@@ -1,0 +1,53 @@
+"""The serving benchmark's report: the table of its results, and the summary printed as its JSON line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def print_table(out: dict[str, Any], prompt_streams: int, prompt_len: int) -> None:
+    """Print the results ``out`` of ``bench/serve_load.py``: per level, then prompts, then idle memory."""
+    print(f"model: {out['model']}" + (f", durability: {out['durability']}" if "durability" in out else ""))
+    print(
+        f"{'streams':>7} | {'echo tok/s':>10} | {'svc tok/s':>10} | {'ratio':>5} | {'echo p50/p99 ms':>15} | "
+        f"{'svc p50/p99 ms':>15} | {'server CPU us/tok echo/svc':>26}"
+    )
+    for n, lv in out["levels"].items():
+        e, s = lv["echo"], lv["service"]
+        print(
+            f"{n:>7} | {e['tokens_per_s']:>10.0f} | {s['tokens_per_s']:>10.0f} | {lv['ratio']:>5.2f} | "
+            f"{e['p50_ms']:>6.3f}/{e['p99_ms']:<8.3f} | {s['p50_ms']:>6.3f}/{s['p99_ms']:<8.3f} | "
+            f"{e['server_cpu_us_per_token']:>12.0f}/{s['server_cpu_us_per_token']:<13.0f}"
+        )
+    pr = out["prompt"]
+    print(
+        f"prompts ({prompt_streams} streams x {prompt_len} tokens): service {pr['service_tokens_per_s']:.0f} "
+        f"tok/s, offline sequence.onnx {pr['offline_tokens_per_s']:.0f} tok/s"
+    )
+    if "memory" in out:
+        m = out["memory"]
+        print(
+            f"idle sessions: {m['sessions']}: RSS {m['rss_before_mb']:.0f} -> {m['rss_after_mb']:.0f} MiB, "
+            f"{m['bytes_per_idle_session']:.0f} bytes/session (state {m['state_bytes']} bytes; target "
+            f"<= {m['target_bytes']:.0f})"
+        )
+
+
+def summarize(out: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of ``out``: the keys of the JSON line."""
+    pr = out["prompt"]
+    summary: dict[str, Any] = {}
+    if 64 in out["levels"]:
+        summary["throughput_ratio_64"] = round(out["levels"][64]["ratio"], 3)
+    if 1 in out["levels"]:
+        lv = out["levels"][1]
+        summary["p50_ratio_1"] = round(lv["service"]["p50_ms"] / lv["echo"]["p50_ms"], 3)
+    summary["prompt_ratio"] = round(pr["service_tokens_per_s"] / pr["offline_tokens_per_s"], 3)
+    if "memory" in out:
+        summary["bytes_per_idle_session"] = round(out["memory"]["bytes_per_idle_session"], 1)
+        summary["state_bytes"] = out["memory"]["state_bytes"]
+    for n, lv in out["levels"].items():
+        summary[f"tokens_per_s_{n}"] = round(lv["service"]["tokens_per_s"])
+        summary[f"echo_tokens_per_s_{n}"] = round(lv["echo"]["tokens_per_s"])
+        summary[f"p99_ms_{n}"] = round(lv["service"]["p99_ms"], 3)
+    return summary
