@@ -40,13 +40,12 @@ class ModelBundle:
 
     def graph_bytes(self, fname: str) -> bytes:
         """The bytes of graph file ``fname``, checked against the manifest's sha256 as they are read (the bytes
-        handed to onnxruntime are the bytes verified; :meth:`model.export.ModelDir.graph_bytes`); a file the
+        handed to onnxruntime are the bytes verified; :func:`model.export.manifest.read_graph`); a file the
         manifest does not list is refused. Raises :class:`ModelLoadError` naming the file."""
-        from model.export.manifest import ModelDir
+        from model.export.manifest import read_graph
 
-        md = ModelDir(self.path, self.config, self.tokenizer, self.precision, [], self.manifest)
         try:
-            return md.graph_bytes(fname)
+            return read_graph(self.path, self.manifest, fname)
         except SeqpredError as e:
             raise ModelLoadError(f"model: {e}") from None
 

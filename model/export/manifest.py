@@ -148,31 +148,39 @@ class ModelDir:
         return [s.name for s in self.states]
 
     def graph_bytes(self, fname: str) -> bytes:
-        """The bytes of graph file ``fname``, checked against the manifest's sha256 as they are read, so the
-        bytes handed to onnxruntime are the bytes verified (a file swapped after :func:`load_model_dir` is
-        caught). A file the manifest does not list is refused. Raises :class:`CheckpointError` naming the file."""
-        entry = next((g for g in self.manifest.get("graphs", {}).values() if g.get("file") == fname), None)
-        fpath = self.path / fname
-        if entry is None:
-            raise CheckpointError(
-                f"{fpath}: not listed in {MANIFEST}'s graphs, so its sha256 cannot be checked; remove it or "
-                "list it with its sha256"
-            )
-        try:
-            data = fpath.read_bytes()
-        except OSError as e:
-            raise CheckpointError(f"{fpath}: unreadable ({e.strerror or e})") from None
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != entry.get("sha256"):
-            raise CheckpointError(
-                f"{fpath}: sha256 {digest[:12]}... does not match the manifest's "
-                f"{str(entry.get('sha256'))[:12]}... (file modified or corrupt)"
-            )
-        return data
+        """The verified bytes of graph file ``fname`` (:func:`read_graph`)."""
+        return read_graph(self.path, self.manifest, fname)
 
     @property
     def provenance(self) -> dict[str, Any]:
         return dict(self.manifest["provenance"])
+
+
+def _check_digest(gpath: Path, digest: str, entry: dict[str, Any]) -> None:
+    if digest != entry.get("sha256"):
+        raise CheckpointError(
+            f"{gpath}: sha256 {digest[:12]}... does not match the manifest's "
+            f"{str(entry.get('sha256'))[:12]}... (file modified or corrupt)"
+        )
+
+
+def read_graph(directory: Path, manifest: dict[str, Any], fname: str) -> bytes:
+    """The bytes of graph file ``fname`` in ``directory``, checked against ``manifest``'s sha256 as they are read,
+    so the bytes handed to onnxruntime are the bytes verified (a file swapped after :func:`load_model_dir` is
+    caught). A file the manifest does not list is refused. Raises :class:`CheckpointError` naming the file."""
+    entry = next((g for g in manifest.get("graphs", {}).values() if g.get("file") == fname), None)
+    fpath = directory / fname
+    if entry is None:
+        raise CheckpointError(
+            f"{fpath}: not listed in {MANIFEST}'s graphs, so its sha256 cannot be checked; remove it or "
+            "list it with its sha256"
+        )
+    try:
+        data = fpath.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{fpath}: unreadable ({e.strerror or e})") from None
+    _check_digest(fpath, hashlib.sha256(data).hexdigest(), entry)
+    return data
 
 
 def load_model_dir(path: str | os.PathLike[str]) -> ModelDir:
@@ -228,10 +236,5 @@ def load_model_dir(path: str | os.PathLike[str]) -> ModelDir:
         gpath = d / fname
         if not gpath.is_file():
             raise CheckpointError(f"model directory {str(d)!r}: missing {fname}")
-        digest = sha256_file(gpath)
-        if digest != entry.get("sha256"):
-            raise CheckpointError(
-                f"{gpath}: sha256 {digest[:12]}... does not match the manifest's "
-                f"{str(entry.get('sha256'))[:12]}... (file modified or corrupt)"
-            )
+        _check_digest(gpath, sha256_file(gpath), entry)
     return ModelDir(path=d, config=cfg, tokenizer=tok, precision=m["precision"], states=states, manifest=m)
