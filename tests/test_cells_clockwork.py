@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from chunking import run_in_chunks
 from gradcheck import numeric_grad, rel_error
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -72,13 +73,8 @@ def test_chunked_from_zero_state_equals_unsplit_and_the_counter_wraps(T: int, cu
     p = N.init_params(cfg, rng, np.float64)
     x = rng.integers(0, 5, (3, T))
     whole = N.forward(cfg, p, x, N.zero_state(cfg, 3, np.float64))
-    outs, state = [], N.zero_state(cfg, 3, np.float64)
-    bounds = sorted({c for c in cuts if c < T})
-    for a, b in zip([0, *bounds], [*bounds, T], strict=True):
-        f = N.forward(cfg, p, x[:, a:b], state)
-        outs.append(f.out)
-        state = f.state
-    np.testing.assert_allclose(np.concatenate(outs, axis=1), whole.out, rtol=0, atol=1e-12)  # GEMM sizes differ
+    out, state = run_in_chunks(cfg, p, x, N.zero_state(cfg, 3, np.float64), cuts)
+    np.testing.assert_allclose(out, whole.out, rtol=0, atol=1e-12)  # GEMM sizes differ
     for (h1, c1), (h2, c2) in zip(state, whole.state, strict=True):
         np.testing.assert_allclose(h1, h2, rtol=0, atol=1e-12)
         np.testing.assert_array_equal(c1, c2)

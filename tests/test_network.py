@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from chunking import run_in_chunks
 from gradcheck import numeric_grad, rel_error
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -78,13 +79,8 @@ def test_chunked_run_equals_unsplit_run(cell: str, T: int, cuts: list[int], seed
     x = rng.integers(0, 5, (3, T))
     s0 = _random_state(cfg, 3, rng)
     whole = N.forward(cfg, p, x, s0)
-    bounds = sorted({c for c in cuts if c < T})
-    outs, state = [], s0
-    for a, b in zip([0, *bounds], [*bounds, T], strict=True):
-        f = N.forward(cfg, p, x[:, a:b], state)
-        outs.append(f.out)
-        state = f.state
-    np.testing.assert_allclose(np.concatenate(outs, axis=1), whole.out, rtol=0, atol=1e-12)
+    out, state = run_in_chunks(cfg, p, x, s0, cuts)
+    np.testing.assert_allclose(out, whole.out, rtol=0, atol=1e-12)
     for (h1, c1), (h2, c2) in zip(state, whole.state, strict=True):
         np.testing.assert_allclose(h1, h2, rtol=0, atol=1e-12)
         if c1 is not None:
