@@ -56,6 +56,47 @@ def _tiny_run(cell: str, layers: int, tokenizer: str) -> Path:
     return out
 
 
+def train_for(tmp_path: Path, cell: str, steps: int, layers: int = 1) -> Path:
+    """A run of ``cell`` trained by ``seqpred train`` on :data:`CORPUS` for ``steps`` steps (enough to learn:
+    lr 1e-2, batch 4 x 16), in ``tmp_path / run-{cell}``."""
+    from model.cli import main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS)
+    out = tmp_path / f"run-{cell}"
+    argv = [
+        "train", "--corpus", str(corpus), "--cell", cell, "--layers", str(layers), "--steps", str(steps),
+        "--hidden", "16", "--embed", "8", "--batch", "4", "--seq-len", "16", "--lr", "1e-2", "--warmup", "2",
+        "--eval-every", "1000", "--eval-tokens", "200", "--threads", "1", "--out", str(out), "--no-progress",
+    ]  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert main(argv) == 0
+    return out
+
+
+def assert_runtime_matches_numpy(rt: Any, run: Any, text: str = "for i in range", atol: float = 3e-5) -> None:
+    """A prompt through ``sequence.onnx`` then one ``step.onnx`` call in the service runtime ``rt`` equal the NumPy
+    network of ``run`` (a loaded training run): token and next-token log-probs, and every state tensor."""
+    ids = np.array(run.tokenizer.encode(text), dtype=np.int64)
+    T = len(ids)
+    mem = rt.new_state_memory(2)
+    slot = np.array([1])
+    mem.zero(1)
+    seq = rt.sequence(mem, slot, ids[None, : T - 1], np.array([T - 1]))
+    step = rt.step(mem, slot, ids[T - 1 :])
+    f = forward(run.model, run.params, ids[None, :], zero_state(run.model, 1))
+    want = log_softmax(f.out[:, :, 0], axis=0).T  # [T, V]: the distribution after each token
+    assert seq.token_logprobs is not None and seq.next_logprobs is not None and step.logprobs is not None
+    np.testing.assert_allclose(seq.token_logprobs[0], want[np.arange(T - 2), ids[1 : T - 1]], atol=atol)
+    np.testing.assert_allclose(seq.next_logprobs[0], want[T - 2], atol=atol)
+    np.testing.assert_allclose(step.logprobs[0], want[T - 1], atol=atol)
+    expected = [x[0] for hc in f.state for x in hc if x is not None]
+    got = mem.read(1)
+    assert len(got) == len(expected)
+    for g, w in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g, w, atol=atol)
+
+
 def tiny_model(cell: str = "lstm", layers: int = 2, tokenizer: str = "char") -> Path:
     return _tiny_model(cell, layers, tokenizer)
 

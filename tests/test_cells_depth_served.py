@@ -4,39 +4,21 @@ by the service runtime against the NumPy network, and served over gRPC by a real
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import numpy as np
-from service_helpers import CORPUS, Oracle, running_server
+from service_helpers import Oracle, assert_runtime_matches_numpy, running_server, train_for
 
 from model.checkpoint import load_run
-from model.cli import main
 from model.export import export_run
-from model.network import forward, log_softmax, zero_state
 from service.bundle import load_bundle
 from service.client import Client
 from service.runtime import Runtime
 
 
-def _train(tmp_path: Path, steps: int) -> Path:
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(CORPUS)
-    out = tmp_path / "run"
-    argv = [
-        "train", "--corpus", str(corpus), "--cell", "depth-gated", "--layers", "2", "--steps", str(steps),
-        "--hidden", "16", "--embed", "8", "--batch", "4", "--seq-len", "16", "--lr", "1e-2", "--warmup", "2",
-        "--eval-every", "1000", "--eval-tokens", "200", "--threads", "1", "--out", str(out), "--no-progress",
-    ]  # fmt: skip
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        assert main(argv) == 0
-    return out
-
-
 def test_trains_exports_runs_and_serves(tmp_path: Path) -> None:
-    run_dir = _train(tmp_path, steps=100)
+    run_dir = train_for(tmp_path, "depth-gated", steps=100, layers=2)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
     assert len(losses) >= 5 and all(np.isfinite(losses))
@@ -48,22 +30,7 @@ def test_trains_exports_runs_and_serves(tmp_path: Path) -> None:
     # the runtime: a prompt through sequence.onnx, then one step.onnx call, = the NumPy network
     rt = Runtime(load_bundle(model_dir), "cpu")
     assert rt.state_names == ["h0", "c0", "h1", "c1"]
-    ids = np.array(run.tokenizer.encode("for i in range"), dtype=np.int64)
-    T = len(ids)
-    mem = rt.new_state_memory(2)
-    slot = np.array([1])
-    mem.zero(1)
-    seq = rt.sequence(mem, slot, ids[None, : T - 1], np.array([T - 1]))
-    step = rt.step(mem, slot, ids[T - 1 :])
-    f = forward(run.model, run.params, ids[None, :], zero_state(run.model, 1))
-    want = log_softmax(f.out[:, :, 0], axis=0).T  # [T, V]
-    assert seq.token_logprobs is not None and seq.next_logprobs is not None and step.logprobs is not None
-    np.testing.assert_allclose(seq.token_logprobs[0], want[np.arange(T - 2), ids[1 : T - 1]], atol=3e-5)
-    np.testing.assert_allclose(seq.next_logprobs[0], want[T - 2], atol=3e-5)
-    np.testing.assert_allclose(step.logprobs[0], want[T - 1], atol=3e-5)
-    got = mem.read(1)
-    for g, w in zip(got, [x[0] for hc in f.state for x in hc if x is not None], strict=True):
-        np.testing.assert_allclose(g, w, atol=3e-5)
+    assert_runtime_matches_numpy(rt, run)
 
     # over gRPC: a session fed in two parts, and scoring
     o = Oracle(run_dir)

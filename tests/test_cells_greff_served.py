@@ -6,38 +6,21 @@ against the NumPy network on the trained parameters; one variant is also served 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from service_helpers import CORPUS, oracle, running_server, tiny_model
+from service_helpers import CORPUS, assert_runtime_matches_numpy, oracle, running_server, tiny_model, train_for
 
 from model.cells.greff import GREFF_CELLS
 from model.checkpoint import load_run
-from model.cli import main
 from model.config import ModelConfig
 from model.export import export_run
-from model.network import forward, init_params, log_softmax, loss_and_dout, zero_state
+from model.network import forward, init_params, loss_and_dout, zero_state
 from service.bundle import load_bundle
 from service.client import Client
 from service.runtime import Runtime
-
-
-def _train(tmp_path: Path, cell: str, steps: int) -> Path:
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(CORPUS)
-    out = tmp_path / f"run-{cell}"
-    argv = [
-        "train", "--corpus", str(corpus), "--cell", cell, "--steps", str(steps), "--hidden", "16", "--embed", "8",
-        "--batch", "4", "--seq-len", "16", "--lr", "1e-2", "--warmup", "2", "--eval-every",
-        "1000", "--eval-tokens", "200", "--threads", "1", "--out", str(out), "--no-progress",
-    ]  # fmt: skip
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        assert main(argv) == 0
-    return out
 
 
 def _nats(cfg: ModelConfig, params: dict[str, np.ndarray], ids: np.ndarray) -> float:
@@ -48,7 +31,7 @@ def _nats(cfg: ModelConfig, params: dict[str, np.ndarray], ids: np.ndarray) -> f
 
 @pytest.mark.parametrize("cell", list(GREFF_CELLS))
 def test_trains_exports_and_runs_in_the_service(cell: str, tmp_path: Path) -> None:
-    run_dir = _train(tmp_path, cell, steps=60)
+    run_dir = train_for(tmp_path, cell, steps=60)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
     run = load_run(run_dir)
@@ -60,22 +43,7 @@ def test_trains_exports_and_runs_in_the_service(cell: str, tmp_path: Path) -> No
     assert after < before - 0.5, (before, after)
     rt = Runtime(load_bundle(export_run(run_dir, tmp_path / f"model-{cell}")), "cpu")
     assert rt.state_names == ["h0", "c0"]
-    ids = np.array(run.tokenizer.encode("for i in range"), dtype=np.int64)
-    T = len(ids)
-    mem = rt.new_state_memory(2)
-    slot = np.array([1])
-    mem.zero(1)
-    seq = rt.sequence(mem, slot, ids[None, : T - 1], np.array([T - 1]))
-    step = rt.step(mem, slot, ids[T - 1 :])
-    f = forward(run.model, run.params, ids[None, :], zero_state(run.model, 1))
-    want = log_softmax(f.out[:, :, 0], axis=0).T  # [T, V]: the distribution after each token
-    assert seq.token_logprobs is not None and seq.next_logprobs is not None and step.logprobs is not None
-    np.testing.assert_allclose(seq.token_logprobs[0], want[np.arange(T - 2), ids[1 : T - 1]], atol=3e-5)
-    np.testing.assert_allclose(seq.next_logprobs[0], want[T - 2], atol=3e-5)
-    np.testing.assert_allclose(step.logprobs[0], want[T - 1], atol=3e-5)
-    (h, c), (h_np, c_np) = mem.read(1), f.state[0]
-    np.testing.assert_allclose(h, h_np[0], atol=3e-5)
-    np.testing.assert_allclose(c, c_np[0], atol=3e-5)
+    assert_runtime_matches_numpy(rt, run)
 
 
 def test_a_variant_is_served_over_grpc() -> None:
