@@ -13,7 +13,7 @@ error that arrives from above (the head or the next layer): dh_t = dH_t + (dh fr
 
 The cells work on contiguous per-step buffers: elementwise kernels on a strided ``[:, t, :]`` slice (rows of B
 floats) run 3-4x slower, so the input term and ``dax`` live in time-major ``[T, G*H, B]`` copies, transposed
-once per sequence.
+once per sequence (:func:`model.layout.swap01`).
 
 A depth-gated layer also exchanges a cell sequence with its neighbours (its cells up, their errors down);
 :mod:`model.layer_depth` runs that recurrence, chosen once per sequence so other cells' loops are unchanged.
@@ -29,6 +29,7 @@ import numpy as np
 from model.cells.base import Array, Cell, Params, split_index
 from model.cells.depth import DepthGatedCell
 from model.layer_depth import depth_recur_backward, depth_recur_forward
+from model.layout import swap01
 
 
 @dataclass
@@ -61,7 +62,7 @@ def recur_forward(
         return depth_recur_forward(cast(DepthGatedCell, cell), p, AX, h0, c0, low)
     _, T, B = AX.shape
     H = h0.shape[0]
-    AXt = np.ascontiguousarray(AX.transpose(1, 0, 2))  # [T, G*H, B]: one copy beats T strided reads
+    AXt = swap01(AX)  # [T, G*H, B]: one copy beats T strided reads
     Hs = np.empty((H, T + 1, B), dtype=AX.dtype)
     Hs[:, 0] = h0
     h, c = Hs[:, 0], c0
@@ -101,7 +102,7 @@ def recur_backward(
     T = T1 - 1
     GH = p["R"].shape[0]
     dAXt = np.empty((T, GH, B), dtype=Hs.dtype)  # per-step rows contiguous; transposed once at the end
-    dHt = np.ascontiguousarray(dH.transpose(1, 0, 2))
+    dHt = swap01(dH)
     dh = np.zeros((H, B), dtype=Hs.dtype) if dhT is None else dhT.copy()
     dc = dcT
     if cell.has_c and dc is None:
@@ -127,7 +128,7 @@ def recur_backward(
                 os_[:, t] = o
         for k, v in vec.items():
             grads[k] += v
-    dAX = np.ascontiguousarray(dAXt.transpose(1, 0, 2))
+    dAX = swap01(dAXt)
     dAX2 = dAX.reshape(GH, T * B)
     Hprev = Hs[:, :T].reshape(H, T * B)
     for (index, _, _), (ds, os_) in zip(rec, stacks, strict=True):

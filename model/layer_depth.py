@@ -22,6 +22,7 @@ import numpy as np
 
 from model.cells.base import Array, Params
 from model.cells.depth import DepthGatedCell
+from model.layout import swap01
 
 
 def depth_recur_forward(
@@ -35,7 +36,7 @@ def depth_recur_forward(
     """
     _, T, B = AX.shape
     H = h0.shape[0]
-    AXt = np.ascontiguousarray(AX.transpose(1, 0, 2))  # [T, 5H, B]
+    AXt = swap01(AX)  # [T, 5H, B]
     Hs = np.empty((H, T + 1, B), dtype=AX.dtype)
     Cs = np.empty((T, H, B), dtype=AX.dtype)
     Hs[:, 0] = h0
@@ -73,7 +74,7 @@ def depth_recur_backward(
     H, T1, B = Hs.shape
     T = T1 - 1
     dAXt = np.empty((T, cell.G * H, B), dtype=Hs.dtype)
-    dHt = np.ascontiguousarray(dH.transpose(1, 0, 2))
+    dHt = swap01(dH)
     dh = np.zeros((H, B), dtype=Hs.dtype) if dhT is None else dhT.copy()
     dc = np.zeros((H, B), dtype=Hs.dtype) if dcT is None else dcT.copy()
     dLow: Array | None = None
@@ -88,7 +89,7 @@ def depth_recur_backward(
                 dLow = np.empty((T, H, B), dtype=Hs.dtype)
             dLow[t] = dlow
         dD += dD_t
-    dAX = np.ascontiguousarray(dAXt.transpose(1, 0, 2))
+    dAX = swap01(dAXt)
     dIOFC = dAX[: 4 * H].reshape(4 * H, T * B)
     grads: Params = {"R": dIOFC @ Hs[:, :T].reshape(H, T * B).T, "D": dD}
     return dAX, dh, dc, grads, dLow
