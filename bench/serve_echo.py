@@ -1,8 +1,14 @@
-"""The serving benchmark's echo server: a bare grpc.aio server answering every request with a fixed response.
+"""The serving benchmark's reference servers: the bare echo server, and the service's gRPC layer over a stub engine.
 
-It runs as ``python bench/serve_load.py --role echo`` (started by :func:`serve_procs.start_echo`). Its response has
-the shape of the service's (session id, position, five predictions), so the service's throughput against it
-isolates what the service adds to the Python gRPC stack.
+The echo server runs as ``python bench/serve_load.py --role echo`` (started by :func:`serve_procs.start_echo`):
+a bare grpc.aio server answering every request with a fixed response of the service's shape (session id,
+position, five predictions), so the service's throughput against it isolates what the service adds to the
+Python gRPC stack.
+
+The stub server (``--role stub``) is the service's own transport half: :class:`service.servicer.SeqPredServicer`
+with its handler wiring (:func:`service.servicer.add_to_server`), request conversion and reply building, over a
+:class:`StubEngine` that answers every request at once with a constant reply (no sessions, no onnxruntime). It
+splits the service's cost into the gRPC layer (stub against echo) and the engine (service against stub).
 """
 
 from __future__ import annotations
@@ -32,6 +38,40 @@ class EchoServicer(pb_grpc.SeqPredServicer):
         resp, read, write, EOF = self.resp, context.read, context.write, grpc.aio.EOF
         while (await read()) is not EOF:
             await write(resp)
+
+
+class _NoBatcher:
+    open_rpcs = 0  # the servicer counts its open RPCs here
+
+
+class StubEngine:
+    """Just enough of :class:`service.engine.Engine` for the servicer: a constant reply to every request."""
+
+    metrics = None
+
+    def __init__(self, vocab: int = 128) -> None:
+        self.token_texts = [chr(32 + i % 95) for i in range(vocab)]
+        self.batcher = _NoBatcher()
+
+    def count_error(self, e: BaseException) -> None:
+        pass
+
+    async def request(self, r: Any) -> Any:
+        from service.requests import Reply
+
+        top_ids, top_lps = [40, 41, 42, 43, 44], [-1.5, -2.5, -3.5, -4.5, -5.5]
+        return Reply(r.session_id or "s" * 22, 1234, r.request_id, True, top_ids, top_lps)
+
+
+async def run_stub() -> None:
+    from service.servicer import SeqPredServicer, add_to_server
+
+    server = grpc.aio.server()
+    add_to_server(SeqPredServicer(StubEngine()), server)  # type: ignore[arg-type]
+    port = server.add_insecure_port("localhost:0")
+    await server.start()
+    print(f"seqpred: serving stub on port {port}", file=sys.stderr, flush=True)
+    await server.wait_for_termination()
 
 
 async def run_echo() -> None:

@@ -11,6 +11,10 @@ Also measured:
 * ``prompt_ratio``: tokens/s ingesting 256-token prompts through the service (``--prompt-streams`` concurrent
   streams, one reset + prompt + top-5 per request) / offline ``sequence.onnx`` scoring of the same tokens (batches
   of the same size, same thread settings) in this process.
+* the stub server (skip with ``--no-stub``): the service's own gRPC layer (servicer, handler wiring, request and
+  reply conversion) over an engine that answers at once, measured like the others at every level. Against the
+  echo it prices the gRPC layer; the service against it prices the engine (sessions, batching, onnxruntime).
+  JSON keys ``stub_throughput_ratio_64`` and ``stub_p50_ratio_1``, defined like the headline ratios.
 * ``bytes_per_idle_session``: RSS growth of a fresh server after creating ``--idle-sessions`` sessions (each fed
   one token) divided by their number, against the raw state bytes per session.
 
@@ -41,9 +45,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
 
 from serve_client import measure, offline_prompt_rate, prompt_load  # noqa: E402
-from serve_echo import run_echo  # noqa: E402
+from serve_echo import run_echo, run_stub  # noqa: E402
 from serve_memory import idle_memory  # noqa: E402
-from serve_procs import start_echo, start_service  # noqa: E402
+from serve_procs import start_echo, start_service, start_stub  # noqa: E402
 from serve_report import print_table, summarize  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -82,7 +86,7 @@ def bench_model(arg: str | None) -> Iterator[Path]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--role", default="bench", choices=("bench", "echo"), help=argparse.SUPPRESS)
+    p.add_argument("--role", default="bench", choices=("bench", "echo", "stub"), help=argparse.SUPPRESS)
     p.add_argument("--model", default=None, help="model directory (default: the shipped model, else a temporary one)")
     p.add_argument("--duration", type=float, default=3.0, help="measured seconds per level (default 3)")
     p.add_argument("--streams", default="1,16,64,256", help="concurrency levels (default 1,16,64,256)")
@@ -94,10 +98,11 @@ def main() -> int:
         "--durability", default="none", choices=("none", "periodic", "sync"), help="the service's --durability"
     )
     p.add_argument("--state-dir", default=None, help="its --state-dir (default: a fresh temporary directory)")
+    p.add_argument("--no-stub", action="store_true", help="skip the stub server (the gRPC layer without the engine)")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the results")
     a = p.parse_args()
-    if a.role == "echo":
-        asyncio.run(run_echo())
+    if a.role != "bench":
+        asyncio.run(run_echo() if a.role == "echo" else run_stub())
         return 0
     levels = [int(x) for x in a.streams.split(",")]
     out: dict[str, Any] = {"levels": {}}
@@ -115,17 +120,22 @@ def main() -> int:
             server_args += ["--durability", a.durability, "--state-dir", state_dir]
             out["durability"] = {"mode": a.durability, "state_dir": state_dir}
         svc = start_service(model, *server_args)
+        stub = None if a.no_stub else start_stub()
         try:
             for n in levels:
                 e = measure(echo, n, a.duration, V)
                 s = measure(svc, n, a.duration, V)
                 out["levels"][n] = {"echo": e, "service": s, "ratio": s["tokens_per_s"] / e["tokens_per_s"]}
+                if stub is not None:
+                    out["levels"][n]["stub"] = measure(stub, n, a.duration, V)
             rng = np.random.default_rng(0)
             prompts = rng.integers(1, V, (64, a.prompt_len))
             svc_rate = asyncio.run(prompt_load(f"localhost:{svc.port}", a.prompt_streams, prompts, a.duration))
         finally:
             echo.stop()
             svc.stop()
+            if stub is not None:
+                stub.stop()
         off_rate = offline_prompt_rate(model, prompts, a.prompt_streams, a.duration)
         out["prompt"] = {"service_tokens_per_s": svc_rate, "offline_tokens_per_s": off_rate}
         if a.idle_sessions:

@@ -66,3 +66,8 @@ def start_service(model: Path, *extra: str) -> Proc:
 
 def start_echo() -> Proc:
     return Proc([sys.executable, str(SERVE_LOAD), "--role", "echo"])
+
+
+def start_stub() -> Proc:
+    """The service's gRPC layer over a constant-reply engine (``serve_echo.run_stub``)."""
+    return Proc([sys.executable, str(SERVE_LOAD), "--role", "stub"])

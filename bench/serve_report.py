@@ -19,6 +19,16 @@ def print_table(out: dict[str, Any], prompt_streams: int, prompt_len: int) -> No
             f"{e['p50_ms']:>6.3f}/{e['p99_ms']:<8.3f} | {s['p50_ms']:>6.3f}/{s['p99_ms']:<8.3f} | "
             f"{e['server_cpu_us_per_token']:>12.0f}/{s['server_cpu_us_per_token']:<13.0f}"
         )
+    if any("stub" in lv for lv in out["levels"].values()):
+        print("stub = the service's gRPC layer over a constant-reply engine (no sessions, no onnxruntime):")
+        for n, lv in out["levels"].items():
+            if "stub" in lv:
+                st, e = lv["stub"], lv["echo"]
+                print(
+                    f"{n:>7} | stub {st['tokens_per_s']:>6.0f} tok/s ({st['tokens_per_s'] / e['tokens_per_s']:.2f} of "
+                    f"echo) | p50 {st['p50_ms']:.3f} ms ({st['p50_ms'] / e['p50_ms']:.2f} of echo) | server CPU "
+                    f"{st['server_cpu_us_per_token']:.0f} us/tok"
+                )
     pr = out["prompt"]
     print(
         f"prompts ({prompt_streams} streams x {prompt_len} tokens): service {pr['service_tokens_per_s']:.0f} "
@@ -46,6 +56,12 @@ def summarize(out: dict[str, Any]) -> dict[str, Any]:
     if "memory" in out:
         summary["bytes_per_idle_session"] = round(out["memory"]["bytes_per_idle_session"], 1)
         summary["state_bytes"] = out["memory"]["state_bytes"]
+    for n, key in ((64, "stub_throughput_ratio_64"), (1, "stub_p50_ratio_1")):
+        lv = out["levels"].get(n, {})
+        if "stub" in lv:
+            st, e = lv["stub"], lv["echo"]
+            ratio = st["tokens_per_s"] / e["tokens_per_s"] if n == 64 else st["p50_ms"] / e["p50_ms"]
+            summary[key] = round(ratio, 3)
     for n, lv in out["levels"].items():
         summary[f"tokens_per_s_{n}"] = round(lv["service"]["tokens_per_s"])
         summary[f"echo_tokens_per_s_{n}"] = round(lv["echo"]["tokens_per_s"])
