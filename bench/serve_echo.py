@@ -63,14 +63,49 @@ class StubEngine:
         return Reply(r.session_id or "s" * 22, 1234, r.request_id, True, top_ids, top_lps)
 
 
-async def run_stub() -> None:
+class FloorEngine(StubEngine):
+    """The stub plus the model's one unavoidable cost per request: a real ``step.onnx`` call and its top-k.
+
+    Every request advances one shared state row by its first token on the service's own
+    :class:`service.runtime.Runtime` (same session options), then takes the top-k of the log-probabilities
+    as the service does; nothing else (no validation, session lookup, batching, metrics or bookkeeping).
+    Only its timing means anything: the lowest per-request cost any engine over this model can have here.
+    """
+
+    def __init__(self, model: str) -> None:
+        import numpy as np
+
+        from service.bundle import load_bundle
+        from service.runtime import Runtime
+
+        self.runtime = Runtime(load_bundle(model), "cpu", 1)
+        super().__init__(self.runtime.config.vocab_size)
+        self.memory = self.runtime.new_state_memory(1)
+        self.slots = np.zeros(1, dtype=np.int64)
+        self.np = np
+
+    async def request(self, r: Any) -> Any:
+        from service.requests import Reply
+
+        if not r.tokens:  # the benchmark's closing request (end) carries none
+            return await super().request(r)
+        np = self.np
+        tokens = np.array(r.tokens[:1], dtype=np.int64)
+        row = self.runtime.step(self.memory, self.slots, tokens).logprobs[0]
+        ids = np.argsort(-row, kind="stable")[: r.top_k]
+        return Reply(r.session_id or "s" * 22, 1234, r.request_id, True, ids.tolist(), row[ids].tolist())
+
+
+async def run_stub(model: str | None = None) -> None:
+    """The service's gRPC layer over :class:`StubEngine`, or with ``model`` over :class:`FloorEngine`."""
     from service.servicer import SeqPredServicer, add_to_server
 
     server = grpc.aio.server()
-    add_to_server(SeqPredServicer(StubEngine()), server)  # type: ignore[arg-type]
+    engine = StubEngine() if model is None else FloorEngine(model)
+    add_to_server(SeqPredServicer(engine), server)  # type: ignore[arg-type]
     port = server.add_insecure_port("localhost:0")
     await server.start()
-    print(f"seqpred: serving stub on port {port}", file=sys.stderr, flush=True)
+    print(f"seqpred: serving {'stub' if model is None else 'floor'} on port {port}", file=sys.stderr, flush=True)
     await server.wait_for_termination()
 
 

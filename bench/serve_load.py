@@ -11,14 +11,19 @@ Also measured:
 * ``prompt_ratio``: tokens/s ingesting 256-token prompts through the service (``--prompt-streams`` concurrent
   streams, one reset + prompt + top-5 per request) / offline ``sequence.onnx`` scoring of the same tokens (batches
   of the same size, same thread settings) in this process.
-* the stub server (skip with ``--no-stub``): the service's own gRPC layer (servicer, handler wiring, request and
-  reply conversion) over an engine that answers at once, measured like the others at every level. Against the
-  echo it prices the gRPC layer; the service against it prices the engine (sessions, batching, onnxruntime).
-  JSON keys ``stub_throughput_ratio_64`` and ``stub_p50_ratio_1``, defined like the headline ratios.
+* two reference servers (skip both with ``--no-stub``), measured like the others at every level:
+  - stub: the service's own gRPC layer (servicer, handler wiring, request and reply conversion) over an engine
+    that answers at once. Against the echo it prices the gRPC layer.
+  - floor (one stream only): the same over an engine whose only work per request is one ``step.onnx`` call of
+    the model and its top-k (``serve_echo.FloorEngine``). With one stream nothing can be batched, so this is the
+    fastest any engine over this model can answer here: ``floor_p50_ratio_1`` bounds ``p50_ratio_1`` from below,
+    and the service against the floor prices sessions, validation and batching.
+  JSON keys ``stub_throughput_ratio_64``, ``stub_p50_ratio_1`` and ``floor_p50_ratio_1``, defined like the
+  headline ratios.
 * ``bytes_per_idle_session``: RSS growth of a fresh server after creating ``--idle-sessions`` sessions (each fed
   one token) divided by their number, against the raw state bytes per session.
 
-Both servers run as subprocesses; the client runs in this process. Without ``--model`` the default model is used
+All servers run as subprocesses; the client runs in this process. Without ``--model`` the default model is used
 when installed, else a 1-layer H=256 LSTM is trained for 2 steps and exported to a temporary directory (the
 timings depend on the graph's shape, not on its weights).
 
@@ -86,7 +91,7 @@ def bench_model(arg: str | None) -> Iterator[Path]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--role", default="bench", choices=("bench", "echo", "stub"), help=argparse.SUPPRESS)
+    p.add_argument("--role", default="bench", choices=("bench", "echo", "stub", "floor"), help=argparse.SUPPRESS)
     p.add_argument("--model", default=None, help="model directory (default: the shipped model, else a temporary one)")
     p.add_argument("--duration", type=float, default=3.0, help="measured seconds per level (default 3)")
     p.add_argument("--streams", default="1,16,64,256", help="concurrency levels (default 1,16,64,256)")
@@ -98,11 +103,11 @@ def main() -> int:
         "--durability", default="none", choices=("none", "periodic", "sync"), help="the service's --durability"
     )
     p.add_argument("--state-dir", default=None, help="its --state-dir (default: a fresh temporary directory)")
-    p.add_argument("--no-stub", action="store_true", help="skip the stub server (the gRPC layer without the engine)")
+    p.add_argument("--no-stub", action="store_true", help="skip the stub and floor servers (see above)")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the results")
     a = p.parse_args()
     if a.role != "bench":
-        asyncio.run(run_echo() if a.role == "echo" else run_stub())
+        asyncio.run(run_echo() if a.role == "echo" else run_stub(a.model if a.role == "floor" else None))
         return 0
     levels = [int(x) for x in a.streams.split(",")]
     out: dict[str, Any] = {"levels": {}}
@@ -120,22 +125,23 @@ def main() -> int:
             server_args += ["--durability", a.durability, "--state-dir", state_dir]
             out["durability"] = {"mode": a.durability, "state_dir": state_dir}
         svc = start_service(model, *server_args)
-        stub = None if a.no_stub else start_stub()
+        refs = {} if a.no_stub else {"stub": start_stub(), "floor": start_stub(model)}
         try:
             for n in levels:
                 e = measure(echo, n, a.duration, V)
                 s = measure(svc, n, a.duration, V)
                 out["levels"][n] = {"echo": e, "service": s, "ratio": s["tokens_per_s"] / e["tokens_per_s"]}
-                if stub is not None:
-                    out["levels"][n]["stub"] = measure(stub, n, a.duration, V)
+                for name, proc in refs.items():
+                    if name == "stub" or n == 1:  # the floor engine does not batch: a bound only at one stream
+                        out["levels"][n][name] = measure(proc, n, a.duration, V)
             rng = np.random.default_rng(0)
             prompts = rng.integers(1, V, (64, a.prompt_len))
             svc_rate = asyncio.run(prompt_load(f"localhost:{svc.port}", a.prompt_streams, prompts, a.duration))
         finally:
             echo.stop()
             svc.stop()
-            if stub is not None:
-                stub.stop()
+            for proc in refs.values():
+                proc.stop()
         off_rate = offline_prompt_rate(model, prompts, a.prompt_streams, a.duration)
         out["prompt"] = {"service_tokens_per_s": svc_rate, "offline_tokens_per_s": off_rate}
         if a.idle_sessions:

@@ -68,6 +68,9 @@ def start_echo() -> Proc:
     return Proc([sys.executable, str(SERVE_LOAD), "--role", "echo"])
 
 
-def start_stub() -> Proc:
-    """The service's gRPC layer over a constant-reply engine (``serve_echo.run_stub``)."""
-    return Proc([sys.executable, str(SERVE_LOAD), "--role", "stub"])
+def start_stub(model: Path | None = None) -> Proc:
+    """The service's gRPC layer over a constant-reply engine, or with ``model`` over one onnxruntime step per
+    request (``serve_echo.run_stub``)."""
+    if model is None:
+        return Proc([sys.executable, str(SERVE_LOAD), "--role", "stub"])
+    return Proc([sys.executable, str(SERVE_LOAD), "--role", "floor", "--model", str(model)])

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+REFERENCES = {
+    "stub": "the service's gRPC layer over a constant-reply engine (no sessions, no onnxruntime)",
+    "floor": "the same over one step.onnx call and its top-k per request, nothing else (one stream only)",
+}
+
 
 def print_table(out: dict[str, Any], prompt_streams: int, prompt_len: int) -> None:
     """Print the results ``out`` of ``bench/serve_load.py``: per level, then prompts, then idle memory."""
@@ -19,14 +24,16 @@ def print_table(out: dict[str, Any], prompt_streams: int, prompt_len: int) -> No
             f"{e['p50_ms']:>6.3f}/{e['p99_ms']:<8.3f} | {s['p50_ms']:>6.3f}/{s['p99_ms']:<8.3f} | "
             f"{e['server_cpu_us_per_token']:>12.0f}/{s['server_cpu_us_per_token']:<13.0f}"
         )
-    if any("stub" in lv for lv in out["levels"].values()):
-        print("stub = the service's gRPC layer over a constant-reply engine (no sessions, no onnxruntime):")
+    for ref, what in REFERENCES.items():
+        if not any(ref in lv for lv in out["levels"].values()):
+            continue
+        print(f"{ref} = {what}:")
         for n, lv in out["levels"].items():
-            if "stub" in lv:
-                st, e = lv["stub"], lv["echo"]
+            if ref in lv:
+                st, e = lv[ref], lv["echo"]
                 print(
-                    f"{n:>7} | stub {st['tokens_per_s']:>6.0f} tok/s ({st['tokens_per_s'] / e['tokens_per_s']:.2f} of "
-                    f"echo) | p50 {st['p50_ms']:.3f} ms ({st['p50_ms'] / e['p50_ms']:.2f} of echo) | server CPU "
+                    f"{n:>7} | {ref} {st['tokens_per_s']:>6.0f} tok/s ({st['tokens_per_s'] / e['tokens_per_s']:.2f} "
+                    f"of echo) | p50 {st['p50_ms']:.3f} ms ({st['p50_ms'] / e['p50_ms']:.2f} of echo) | server CPU "
                     f"{st['server_cpu_us_per_token']:.0f} us/tok"
                 )
     pr = out["prompt"]
@@ -56,12 +63,13 @@ def summarize(out: dict[str, Any]) -> dict[str, Any]:
     if "memory" in out:
         summary["bytes_per_idle_session"] = round(out["memory"]["bytes_per_idle_session"], 1)
         summary["state_bytes"] = out["memory"]["state_bytes"]
-    for n, key in ((64, "stub_throughput_ratio_64"), (1, "stub_p50_ratio_1")):
-        lv = out["levels"].get(n, {})
-        if "stub" in lv:
-            st, e = lv["stub"], lv["echo"]
-            ratio = st["tokens_per_s"] / e["tokens_per_s"] if n == 64 else st["p50_ms"] / e["p50_ms"]
-            summary[key] = round(ratio, 3)
+    for ref in REFERENCES:
+        for n, key in ((64, f"{ref}_throughput_ratio_64"), (1, f"{ref}_p50_ratio_1")):
+            lv = out["levels"].get(n, {})
+            if ref in lv:
+                st, e = lv[ref], lv["echo"]
+                ratio = st["tokens_per_s"] / e["tokens_per_s"] if n == 64 else st["p50_ms"] / e["p50_ms"]
+                summary[key] = round(ratio, 3)
     for n, lv in out["levels"].items():
         summary[f"tokens_per_s_{n}"] = round(lv["service"]["tokens_per_s"])
         summary[f"echo_tokens_per_s_{n}"] = round(lv["echo"]["tokens_per_s"])

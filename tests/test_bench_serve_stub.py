@@ -49,3 +49,26 @@ def test_stub_answers_like_the_echo_through_the_services_own_handlers() -> None:
         assert [round(t.logprob, 3) for t in r.predictions] == [round(t.logprob, 3) for t in echo.predictions]
     assert first.session_id == "s" * 22 and second.session_id == "mine"
     assert open_during == 1  # the servicer counted the open stream on the stub's batcher
+
+
+def test_floor_engine_answers_with_the_models_own_top_k() -> None:
+    import numpy as np
+    from serve_echo import FloorEngine
+    from service_helpers import tiny_model
+
+    from service.bundle import load_bundle
+    from service.requests import Request
+    from service.runtime import Runtime
+
+    model = tiny_model()
+    engine = FloorEngine(str(model))
+    reply = asyncio.run(engine.request(Request("", [3], "", False, False, 4)))
+    rt = Runtime(load_bundle(model), "cpu", 1)
+    want = rt.step(rt.new_state_memory(1), np.zeros(1, np.int64), np.array([3])).logprobs[0]
+    ids = np.argsort(-want, kind="stable")[:4]
+    assert reply.top_ids == ids.tolist()
+    np.testing.assert_allclose(reply.top_logprobs, want[ids], rtol=1e-6)
+    # a request without tokens (the benchmark's closing one) leaves the state alone
+    before = engine.memory.read(0)
+    asyncio.run(engine.request(Request("x", [], "", False, True, 0)))
+    np.testing.assert_array_equal(engine.memory.read(0)[0], before[0])
