@@ -139,7 +139,7 @@ def accuracy(
     out = {"numpy": -float(np.take_along_axis(lp[:, :-1], x[:, 1:, None], 2).mean())}
     feeds = {"tokens": x, "lengths": np.full(B, T, np.int64), "h0": state[0][0], "c0": state[0][1]}
     for l in range(1, cfg.layers):
-        feeds[f"h{l}"], feeds[f"c{l}"] = state[l][0], state[l][1]  # type: ignore[assignment]
+        feeds[f"h{l}"], feeds[f"c{l}"] = state[l][0], state[l][1]
     for prec, g in graphs.items():
         res = make_session(g["sequence"].SerializeToString()).run(["token_logprobs"], feeds)[0]
         out[prec] = -float(res.mean())
@@ -174,7 +174,7 @@ def main() -> None:
             f[f"c{l}"] = rng.normal(0, 0.1, (B, cfg.hidden)).astype(np.float32)
         return f
 
-    settings = []
+    settings: list[tuple[str, str, int, int | None, int, int]] = []
     for threads in (1, 2):
         settings.append((f"sequence B={SEQ_B} T={SEQ_T} threads={threads}", "sequence", SEQ_B, SEQ_T, threads, 5))
     for B in (1, 64):

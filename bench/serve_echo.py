@@ -91,7 +91,9 @@ class FloorEngine(StubEngine):
             return await super().request(r)
         np = self.np
         tokens = np.array(r.tokens[:1], dtype=np.int64)
-        row = self.runtime.step(self.memory, self.slots, tokens).logprobs[0]
+        lp = self.runtime.step(self.memory, self.slots, tokens).logprobs
+        assert lp is not None
+        row = lp[0]
         ids = np.argsort(-row, kind="stable")[: r.top_k]
         return Reply(r.session_id or "s" * 22, 1234, r.request_id, True, ids.tolist(), row[ids].tolist())
 
