@@ -5,7 +5,9 @@
 Closed loop: each of N concurrent streams sends one token (top_k=5) and waits for its prediction before sending the
 next. The echo server answers every request with a fixed response of the same shape (session id, position, five
 predictions), so the ratio isolates what the service adds to the Python gRPC stack on this machine. Reported per
-level: aggregate tokens/s, p50/p99 per-token round trip, and server CPU per token (from /proc).
+level: aggregate tokens/s, p50/p99 per-token round trip, and server CPU per token (from /proc). With
+``--rounds R`` every level runs R alternating rounds over all servers; each figure is the median over rounds and
+each ratio the median of the per-round ratios (the machine drifts; ``--rounds 3`` gives steadier ratios).
 
 Also measured:
 * ``prompt_ratio``: tokens/s ingesting 256-token prompts through the service (``--prompt-streams`` concurrent
@@ -53,7 +55,7 @@ from serve_client import measure, offline_prompt_rate, prompt_load  # noqa: E402
 from serve_echo import run_echo, run_stub  # noqa: E402
 from serve_memory import idle_memory  # noqa: E402
 from serve_procs import start_echo, start_service, start_stub  # noqa: E402
-from serve_report import print_table, summarize  # noqa: E402
+from serve_report import level_summary, print_table, summarize  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------------
 # model
@@ -93,7 +95,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--role", default="bench", choices=("bench", "echo", "stub", "floor"), help=argparse.SUPPRESS)
     p.add_argument("--model", default=None, help="model directory (default: the shipped model, else a temporary one)")
-    p.add_argument("--duration", type=float, default=3.0, help="measured seconds per level (default 3)")
+    p.add_argument("--duration", type=float, default=3.0, help="measured seconds per level and round (default 3)")
+    p.add_argument(
+        "--rounds", type=int, default=1, help="alternating rounds per level; figures are medians (default 1)"
+    )
     p.add_argument("--streams", default="1,16,64,256", help="concurrency levels (default 1,16,64,256)")
     p.add_argument("--prompt-streams", type=int, default=16, help="concurrent prompt streams (default 16)")
     p.add_argument("--prompt-len", type=int, default=256)
@@ -128,12 +133,13 @@ def main() -> int:
         refs = {} if a.no_stub else {"stub": start_stub(), "floor": start_stub(model)}
         try:
             for n in levels:
-                e = measure(echo, n, a.duration, V)
-                s = measure(svc, n, a.duration, V)
-                out["levels"][n] = {"echo": e, "service": s, "ratio": s["tokens_per_s"] / e["tokens_per_s"]}
-                for name, proc in refs.items():
-                    if name == "stub" or n == 1:  # the floor engine does not batch: a bound only at one stream
-                        out["levels"][n][name] = measure(proc, n, a.duration, V)
+                # the floor engine does not batch: it bounds the service only at one stream
+                procs = {"echo": echo, "service": svc, **{k: p for k, p in refs.items() if k == "stub" or n == 1}}
+                runs: dict[str, list[dict[str, Any]]] = {k: [] for k in procs}
+                for _ in range(a.rounds):  # alternating rounds: drift hits every server alike
+                    for name, proc in procs.items():
+                        runs[name].append(measure(proc, n, a.duration, V))
+                out["levels"][n] = level_summary(runs)
             rng = np.random.default_rng(0)
             prompts = rng.integers(1, V, (64, a.prompt_len))
             svc_rate = asyncio.run(prompt_load(f"localhost:{svc.port}", a.prompt_streams, prompts, a.duration))

@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 REFERENCES = {
     "stub": "the service's gRPC layer over a constant-reply engine (no sessions, no onnxruntime)",
     "floor": "the same over one step.onnx call and its top-k per request, nothing else (one stream only)",
 }
+
+
+def level_summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """One level's result from its rounds (``runs[server]``, one measurement per round, "echo" included): per
+    server the median of every figure, plus ``ratio`` (tokens/s) and ``p50_ratio`` against the echo, each the
+    median of the per-round ratios; the service's ratios also sit at the level's top."""
+    echo = runs["echo"]
+    level: dict[str, Any] = {"rounds": len(echo)}
+    for name, ms in runs.items():
+        med = {k: float(statistics.median(m[k] for m in ms)) for k in ms[0]}
+        if name != "echo":
+            med["ratio"] = statistics.median(
+                m["tokens_per_s"] / e["tokens_per_s"] for m, e in zip(ms, echo, strict=True)
+            )
+            med["p50_ratio"] = statistics.median(m["p50_ms"] / e["p50_ms"] for m, e in zip(ms, echo, strict=True))
+        level[name] = med
+    level["ratio"] = level["service"]["ratio"]
+    level["p50_ratio"] = level["service"]["p50_ratio"]
+    return level
 
 
 def print_table(out: dict[str, Any], prompt_streams: int, prompt_len: int) -> None:
@@ -30,10 +50,10 @@ def print_table(out: dict[str, Any], prompt_streams: int, prompt_len: int) -> No
         print(f"{ref} = {what}:")
         for n, lv in out["levels"].items():
             if ref in lv:
-                st, e = lv[ref], lv["echo"]
+                st = lv[ref]
                 print(
-                    f"{n:>7} | {ref} {st['tokens_per_s']:>6.0f} tok/s ({st['tokens_per_s'] / e['tokens_per_s']:.2f} "
-                    f"of echo) | p50 {st['p50_ms']:.3f} ms ({st['p50_ms'] / e['p50_ms']:.2f} of echo) | server CPU "
+                    f"{n:>7} | {ref} {st['tokens_per_s']:>6.0f} tok/s ({st['ratio']:.2f} of echo) | p50 "
+                    f"{st['p50_ms']:.3f} ms ({st['p50_ratio']:.2f} of echo) | server CPU "
                     f"{st['server_cpu_us_per_token']:.0f} us/tok"
                 )
     pr = out["prompt"]
@@ -57,8 +77,7 @@ def summarize(out: dict[str, Any]) -> dict[str, Any]:
     if 64 in out["levels"]:
         summary["throughput_ratio_64"] = round(out["levels"][64]["ratio"], 3)
     if 1 in out["levels"]:
-        lv = out["levels"][1]
-        summary["p50_ratio_1"] = round(lv["service"]["p50_ms"] / lv["echo"]["p50_ms"], 3)
+        summary["p50_ratio_1"] = round(out["levels"][1]["p50_ratio"], 3)
     summary["prompt_ratio"] = round(pr["service_tokens_per_s"] / pr["offline_tokens_per_s"], 3)
     if "memory" in out:
         summary["bytes_per_idle_session"] = round(out["memory"]["bytes_per_idle_session"], 1)
@@ -67,9 +86,7 @@ def summarize(out: dict[str, Any]) -> dict[str, Any]:
         for n, key in ((64, f"{ref}_throughput_ratio_64"), (1, f"{ref}_p50_ratio_1")):
             lv = out["levels"].get(n, {})
             if ref in lv:
-                st, e = lv[ref], lv["echo"]
-                ratio = st["tokens_per_s"] / e["tokens_per_s"] if n == 64 else st["p50_ms"] / e["p50_ms"]
-                summary[key] = round(ratio, 3)
+                summary[key] = round(lv[ref]["ratio"] if n == 64 else lv[ref]["p50_ratio"], 3)
     for n, lv in out["levels"].items():
         summary[f"tokens_per_s_{n}"] = round(lv["service"]["tokens_per_s"])
         summary[f"echo_tokens_per_s_{n}"] = round(lv["echo"]["tokens_per_s"])
