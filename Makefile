@@ -62,8 +62,8 @@ bench: $(STAMP)
 	@echo "benchmarks (each prints a table; --json adds one JSON object on the last line):"
 	@echo "  $(PY) bench/train_speed.py   # NumPy trainer vs PyTorch nn.LSTM (needs torch==2.13.0)"
 	@echo "  $(PY) bench/quality.py       # Tiny Shakespeare recipe, validation nats/char in 10 minutes"
-	@echo "  $(PY) bench/export_speed.py  # sequence.onnx / step.onnx vs onnxruntime's native LSTM op"
-	@echo "  $(PY) bench/serve_load.py    # gRPC service vs a bare grpc.aio echo server"
+	@echo "  $(PY) bench/export_speed.py  # sequence.onnx / step.onnx vs onnxruntime's native LSTM op (+ a floor graph)"
+	@echo "  $(PY) bench/serve_load.py    # gRPC service vs a bare grpc.aio echo server (+ stub and floor servers)"
 	@echo "  $(PY) bench/score_speed.py   # offline scoring vs PyTorch and the native op"
 	@echo "  $(PY) bench/soak.py          # streams for minutes, disconnects, every response checked (make soak)"
 
