@@ -52,11 +52,11 @@ def floor_sequence_model(sequence: onnx.ModelProto) -> onnx.ModelProto:
         helper.make_node("Identity", ["floor/h"], ["floor/h_seq"], name="floor/h_seq"),
         helper.make_node("Identity", ["floor/c"], ["floor/c_seq"], name="floor/c_seq"),
     ]
+    bounds = {"floor/0": 0, "floor/1": 1, "floor/H": H, "floor/2H": 2 * H}  # Slice starts, ends and axis
     local = [
         numpy_helper.from_array(table.astype(np.float32), "floor/table"),
         numpy_helper.from_array(RT.astype(np.float32), "floor/RT"),
-        *(numpy_helper.from_array(np.array([v], np.int64), n) for n, v in [("floor/0", 0), ("floor/H", H)]),
-        *(numpy_helper.from_array(np.array([v], np.int64), n) for n, v in [("floor/2H", 2 * H), ("floor/1", 1)]),
+        *(numpy_helper.from_array(np.array([v], np.int64), n) for n, v in bounds.items()),
     ]
     outs = [
         helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", H])

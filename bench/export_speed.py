@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 from export_floor import floor_sequence_model
 
 from model import network
@@ -49,7 +50,6 @@ from model.export.native import native_sequence_model, native_step_model
 
 V, E, H = 65, 64, 256
 SEQ_B, SEQ_T = 32, 128
-VARIANTS = ("native", "fp32", "fp16", "int8")
 CORPUS = Path("/work/shared/data/tinyshakespeare.txt")
 
 
@@ -156,11 +156,11 @@ def main() -> None:
     cfg, p, tok = load_weights(args.run, rng)
     ours = {prec: build_graphs(cfg, p, prec) for prec in ("fp32", "fp16", "int8")}
     native = {"sequence": native_sequence_model(cfg, p), "step": native_step_model(cfg, p)}
+    floor: onnx.ModelProto | None = None
     try:
-        floor: Any = floor_sequence_model(ours["fp32"]["sequence"])
+        floor = floor_sequence_model(ours["fp32"]["sequence"])
     except ValueError as e:  # a trained multi-layer run: no floor column
         print(f"(no floor column: {e})")
-        floor = None
 
     def feeds_for(B: int, T: int | None) -> dict[str, np.ndarray]:
         f: dict[str, np.ndarray] = {}

@@ -17,9 +17,15 @@ import sys
 from typing import Any
 
 import grpc
+import numpy as np
 
 from service._proto.seqpred.v1 import seqpred_pb2 as pb
 from service._proto.seqpred.v1 import seqpred_pb2_grpc as pb_grpc
+from service.bundle import load_bundle
+from service.jobs import top_k_row
+from service.requests import Reply
+from service.runtime import Runtime
+from service.servicer import SeqPredServicer, add_to_server
 
 
 def echo_response() -> pb.StreamResponse:
@@ -57,8 +63,6 @@ class StubEngine:
         pass
 
     async def request(self, r: Any) -> Any:
-        from service.requests import Reply
-
         top_ids, top_lps = [40, 41, 42, 43, 44], [-1.5, -2.5, -3.5, -4.5, -5.5]
         return Reply(r.session_id or "s" * 22, 1234, r.request_id, True, top_ids, top_lps)
 
@@ -73,35 +77,23 @@ class FloorEngine(StubEngine):
     """
 
     def __init__(self, model: str) -> None:
-        import numpy as np
-
-        from service.bundle import load_bundle
-        from service.runtime import Runtime
-
         self.runtime = Runtime(load_bundle(model), "cpu", 1)
         super().__init__(self.runtime.config.vocab_size)
         self.memory = self.runtime.new_state_memory(1)
         self.slots = np.zeros(1, dtype=np.int64)
-        self.np = np
 
     async def request(self, r: Any) -> Any:
-        from service.requests import Reply
-
         if not r.tokens:  # the benchmark's closing request (end) carries none
             return await super().request(r)
-        np = self.np
         tokens = np.array(r.tokens[:1], dtype=np.int64)
         lp = self.runtime.step(self.memory, self.slots, tokens).logprobs
         assert lp is not None
-        row = lp[0]
-        ids = np.argsort(-row, kind="stable")[: r.top_k]
-        return Reply(r.session_id or "s" * 22, 1234, r.request_id, True, ids.tolist(), row[ids].tolist())
+        top_ids, top_lps = top_k_row(lp[0], r.top_k)
+        return Reply(r.session_id or "s" * 22, 1234, r.request_id, True, top_ids, top_lps)
 
 
 async def run_stub(model: str | None = None) -> None:
     """The service's gRPC layer over :class:`StubEngine`, or with ``model`` over :class:`FloorEngine`."""
-    from service.servicer import SeqPredServicer, add_to_server
-
     server = grpc.aio.server()
     engine = StubEngine() if model is None else FloorEngine(model)
     add_to_server(SeqPredServicer(engine), server)  # type: ignore[arg-type]

@@ -134,7 +134,7 @@ def main() -> int:
         try:
             for n in levels:
                 # the floor engine does not batch: it bounds the service only at one stream
-                procs = {"echo": echo, "service": svc, **{k: p for k, p in refs.items() if k == "stub" or n == 1}}
+                procs = {"echo": echo, "service": svc, **{k: r for k, r in refs.items() if k == "stub" or n == 1}}
                 runs: dict[str, list[dict[str, Any]]] = {k: [] for k in procs}
                 for _ in range(a.rounds):  # alternating rounds: drift hits every server alike
                     for name, proc in procs.items():

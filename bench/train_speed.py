@@ -129,12 +129,13 @@ def main() -> None:
         m = statistics.median(tm)
         res[f"L{layers}_ours_ms"] = m * 1e3
         res[f"L{layers}_ours_tok_s"] = B * T / m
-        res[f"L{layers}_shard_ms"] = statistics.median(ts) * 1e3
+        shard_s = statistics.median(ts)
+        res[f"L{layers}_shard_ms"] = shard_s * 1e3
         if tt:
             t = statistics.median(tt)
             res[f"L{layers}_torch_ms"] = t * 1e3
             res[f"L{layers}_ratio"] = m / t
-            res[f"L{layers}_shard_ratio"] = statistics.median(ts) / t
+            res[f"L{layers}_shard_ratio"] = shard_s / t
         rows.append(layers)
     print(f"training step, V={V} E={E} H={H} B={B} T={T}, Adam, {threads} threads (median of {a.rounds} rounds)")
     print(f"{'config':<8}{'ours ms':>10}{'ours tok/s':>12}{'torch ms':>10}{'ratio':>8}{'one shard ms':>14}{'ratio':>8}")

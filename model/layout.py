@@ -3,9 +3,9 @@
 The layer driver keeps sequences feature-major ``[F, T, B]`` for its large GEMMs and time-major ``[T, F, B]``
 for the per-step loop, and converts between the two once per sequence. NumPy's own copy of
 ``a.transpose(1, 0, 2)`` runs its inner loop over the last axis, B floats at a time, so at the training batch
-shards (B = 16) it pays its per-inner-loop overhead F*T times: about 3.3 ms for a ``[1024, 64, 16]`` float32
-array here, 2.3 GB/s. :func:`swap01` moves each row of B floats as one opaque item instead (a ``np.void`` view
-of the last axis), which turns the same copy into a 2-D transpose of 64-byte items: 0.56 ms.
+shards (B = 16) it pays its per-inner-loop overhead F*T times. :func:`swap01` moves each row of B floats as one
+opaque item instead (a ``np.void`` view of the last axis), which turns the same copy into a 2-D transpose of
+64-byte items: for a ``[1024, 64, 16]`` float32 array here 0.29 vs 0.71 ms (0.56 vs 3.3 ms into fresh pages).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from service.errors import NothingToPredictFrom
-from service.jobs import EMPTY_SCORES, HEAD, MAX_BATCH_TOKENS, SEQ, STEP, Job, top_k_rows
+from service.jobs import EMPTY_SCORES, HEAD, MAX_BATCH_TOKENS, SEQ, STEP, Job, top_k_row, top_k_rows
 from service.runtime import Runtime
 from service.sessions import SessionStore
 
@@ -36,13 +36,7 @@ class BatchExecution:
         if len(jobs) == 1:
             j = jobs[0]
             if j.top_k > 0 and j.logprobs is not None:
-                row = j.logprobs
-                ids = (
-                    np.argsort(-row, kind="stable")[: j.top_k]
-                    if len(row) <= 1024
-                    else top_k_rows(row[None], [j.top_k])[0][0]
-                )
-                j.topk_ids, j.topk_lp = ids.tolist(), row[ids].tolist()
+                j.topk_ids, j.topk_lp = top_k_row(j.logprobs, j.top_k)
             return
         rows = [j for j in jobs if j.top_k > 0 and j.logprobs is not None]
         if not rows:

@@ -68,6 +68,13 @@ class Job:
         self.t_submit = 0.0
 
 
+def top_k_row(row: np.ndarray, k: int) -> tuple[list[int], list[float]]:
+    """The ``k`` largest entries of one distribution ``row`` ``[V]``, largest first, ties lowest id first (a stable
+    sort for vocabularies up to 1024, :func:`top_k_rows` beyond): ``(ids, values)`` as Python lists."""
+    ids = np.argsort(-row, kind="stable")[:k] if len(row) <= 1024 else top_k_rows(row[None], [k])[0][0]
+    return ids.tolist(), row[ids].tolist()
+
+
 def top_k_rows(lp: np.ndarray, ks: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """For each row of ``lp`` ``[R, V]``, the ``max(ks)`` largest entries, largest first, ties lowest id first:
     ``(ids, values)``, both ``[R, K]``."""

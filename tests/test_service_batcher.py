@@ -13,7 +13,7 @@ from service_helpers import oracle, tiny_model
 from service.batcher import Batcher
 from service.bundle import load_bundle
 from service.errors import NothingToPredictFrom
-from service.jobs import HEAD, SCORE, SEQ, STEP, Job, top_k_rows
+from service.jobs import HEAD, SCORE, SEQ, STEP, Job, top_k_row, top_k_rows
 from service.memory_store import MemoryStore
 from service.runtime import Runtime
 
@@ -118,6 +118,17 @@ def test_top_k_rows() -> None:
     np.testing.assert_allclose(vals, np.take_along_axis(lp, ids, 1))
     ids, _ = top_k_rows(lp, [5])
     assert ids.shape == (2, 3)
+
+
+def test_top_k_row() -> None:
+    row = np.log(np.array([0.2, 0.3, 0.2, 0.3], dtype=np.float32))
+    ids, vals = top_k_row(row, 3)
+    assert ids == [1, 3, 0]  # ties lowest id first
+    assert vals == row[[1, 3, 0]].tolist()
+    big = np.random.default_rng(0).standard_normal(3000).astype(np.float32)  # past 1024: the partition path
+    ids, vals = top_k_row(big, 5)
+    assert ids == top_k_rows(big[None], [5])[0][0].tolist() == np.argsort(-big)[:5].tolist()
+    assert vals == big[ids].tolist()
 
 
 @pytest.mark.parametrize("threads", [0, 2], ids=["on-loop", "threaded"])
