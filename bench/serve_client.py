@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,27 @@ from serve_procs import Proc
 
 from service._proto.seqpred.v1 import seqpred_pb2 as pb
 from service._proto.seqpred.v1 import seqpred_pb2_grpc as pb_grpc
+
+Worker = Callable[[int, pb_grpc.SeqPredStub], Coroutine[Any, Any, None]]
+
+
+async def _drive(
+    target: str, streams: int, worker: Worker, state: dict[str, bool], warmup: float, duration: float
+) -> float:
+    """Run ``worker(i, stub)`` for i < ``streams`` on one channel: ``state["measure"]`` is set for ``duration``
+    seconds after ``warmup``, then ``state["stop"]``; returns the measured seconds once every worker is done."""
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = pb_grpc.SeqPredStub(ch)
+        tasks = [asyncio.create_task(worker(i, stub)) for i in range(streams)]
+        await asyncio.sleep(warmup)
+        state["measure"] = True
+        t0 = time.perf_counter()
+        await asyncio.sleep(duration)
+        state["measure"] = False
+        elapsed = time.perf_counter() - t0
+        state["stop"] = True
+        await asyncio.gather(*tasks)
+    return elapsed
 
 
 async def closed_loop(target: str, streams: int, duration: float, warmup: float, vocab: int) -> dict[str, Any]:
@@ -49,17 +71,7 @@ async def closed_loop(target: str, streams: int, duration: float, warmup: float,
             await call.read()
         await call.done_writing()
 
-    async with grpc.aio.insecure_channel(target) as ch:
-        stub = pb_grpc.SeqPredStub(ch)
-        tasks = [asyncio.create_task(worker(i, stub)) for i in range(streams)]
-        await asyncio.sleep(warmup)
-        state["measure"] = True
-        t0 = time.perf_counter()
-        await asyncio.sleep(duration)
-        state["measure"] = False
-        elapsed = time.perf_counter() - t0
-        state["stop"] = True
-        await asyncio.gather(*tasks)
+    elapsed = await _drive(target, streams, worker, state, warmup, duration)
     all_lat = np.concatenate([np.array(x) for x in lat]) if any(lat) else np.zeros(1)
     return {
         "tokens": int(all_lat.size),
@@ -98,18 +110,8 @@ async def prompt_load(target: str, streams: int, prompts: np.ndarray, duration: 
         await call.read()
         await call.done_writing()
 
-    async with grpc.aio.insecure_channel(target) as ch:
-        stub = pb_grpc.SeqPredStub(ch)
-        tasks = [asyncio.create_task(worker(i, stub)) for i in range(streams)]
-        await asyncio.sleep(0.5)
-        state["measure"] = True
-        t0 = time.perf_counter()
-        await asyncio.sleep(duration)
-        state["measure"] = False
-        elapsed = time.perf_counter() - t0
-        state["stop"] = True
-        await asyncio.gather(*tasks)
-    return count[0] / elapsed
+    elapsed = await _drive(target, streams, worker, state, 0.5, duration)
+    return count[0] / elapsed  # read after the run: the workers count while it lasts
 
 
 def offline_prompt_rate(model: Path, prompts: np.ndarray, batch: int, duration: float) -> float:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import grpc
+import numpy as np
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
@@ -52,7 +53,6 @@ def test_stub_answers_like_the_echo_through_the_services_own_handlers() -> None:
 
 
 def test_floor_engine_answers_with_the_models_own_top_k() -> None:
-    import numpy as np
     from serve_echo import FloorEngine
     from service_helpers import tiny_model
 
@@ -72,3 +72,24 @@ def test_floor_engine_answers_with_the_models_own_top_k() -> None:
     before = engine.memory.read(0)
     asyncio.run(engine.request(Request("x", [], "", False, True, 0)))
     np.testing.assert_array_equal(engine.memory.read(0)[0], before[0])
+
+
+def test_the_load_clients_count_what_they_measure_against_the_stub() -> None:
+    from serve_client import closed_loop, prompt_load
+
+    async def main() -> tuple[dict[str, float], float]:
+        server = grpc.aio.server()
+        add_to_server(SeqPredServicer(StubEngine()), server)  # type: ignore[arg-type]
+        port = server.add_insecure_port("localhost:0")
+        await server.start()
+        try:
+            target = f"localhost:{port}"
+            loop = await closed_loop(target, 2, 0.3, 0.1, 100)
+            rate = await prompt_load(target, 2, np.arange(1, 33).reshape(4, 8), 0.3)
+        finally:
+            await server.stop(None)
+        return loop, rate
+
+    loop, rate = asyncio.run(main())
+    assert loop["tokens"] > 0 and loop["tokens_per_s"] > 0 and 0 < loop["p50_ms"] <= loop["p99_ms"]
+    assert rate >= 8 / 0.6  # at least one 8-token prompt answered within the ~0.3 s measured
