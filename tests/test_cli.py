@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model import network
+from model import parallel
 from model.checkpoint import load_run
 from model.cli import main
 
@@ -82,15 +82,15 @@ def test_divergence_keeps_last_good_checkpoint(
     corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "run"
-    real = network.loss_and_dout
+    real = parallel.batch_grads
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):  # type: ignore[no-untyped-def]
-        loss, d = real(*args, **kwargs)
+        loss, wsum, grads, state = real(*args, **kwargs)
         calls["n"] += 1
-        return (float("nan"), d) if calls["n"] == 6 else (loss, d)
+        return (float("nan") if calls["n"] == 6 else loss), wsum, grads, state
 
-    monkeypatch.setattr(network, "loss_and_dout", poisoned)
+    monkeypatch.setattr(parallel, "batch_grads", poisoned)
     args = ("--steps", "10", "--checkpoint-every", "2", "--eval-every", "100", "--threads", "1")
     assert _train(corpus, out, *args) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
