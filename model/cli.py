@@ -46,7 +46,10 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--eval-tokens", type=int, default=50_000, help="validation tokens per periodic check")
     p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--threads", type=int, default=0, help="threads sharing each batch (0 = one per core)")
+    p.add_argument("--threads", type=int, default=0, help="cores sharing each batch (0 = one per core)")
+    p.add_argument(
+        "--shards-on", default="processes", choices=("processes", "threads"), help="where each core's shard runs"
+    )
     p.add_argument("--out", required=True, help="run directory to create")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -130,6 +133,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         eval_tokens=a.eval_tokens,
         checkpoint_every=a.checkpoint_every,
         threads=a.threads,
+        shards_on=a.shards_on,
     )
     out = Path(a.out)
     has_run = (out / CHECKPOINT).exists() or (out / CONFIG).exists()

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -33,7 +34,11 @@ from model.errors import ConfigError, TrainingDiverged
 from model.evaluate import evaluate, summary
 from model.network import State
 from model.parallel import sharded_grads
+from model.shard_pool import SHM_DIR, ShardPool, shared_memory_fits
 from model.streams import make_streams, window
+
+#: Where a batch's shards run (see :mod:`model.shard_pool` for why processes are the default).
+SHARDS_ON = ("processes", "threads")
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,8 @@ class TrainConfig:
     eval_tokens: int = 50_000
     log_every: int = 10
     checkpoint_every: int = 500
-    threads: int = 0  # batch shards run on this many threads (0 = one per CPU core)
+    threads: int = 0  # the batch is sharded over this many cores (0 = one per CPU core)
+    shards_on: str = "processes"  # where the shards run: "processes" (model.shard_pool) or "threads"
 
     def __post_init__(self) -> None:
         for name in ("batch", "seq_len"):
@@ -80,6 +86,8 @@ class TrainConfig:
             raise ConfigError("steps/minutes: give --steps or --minutes (or both) to bound the run")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr: must be a positive number, got {self.lr!r}")
+        if self.shards_on not in SHARDS_ON:
+            raise ConfigError(f"shards_on: must be one of {', '.join(SHARDS_ON)}, got {self.shards_on!r}")
         if self.clip < 0:
             raise ConfigError(f"clip: must be >= 0 (0 = no clipping), got {self.clip!r}")
         optim.OptimConfig(name=self.optimizer)
@@ -195,9 +203,23 @@ def train(
 
     threads = min(tc.threads or os.cpu_count() or 1, tc.batch)
     with ExitStack() as stack:
-        pool = stack.enter_context(ThreadPoolExecutor(threads)) if threads > 1 else None
+        pool: ThreadPoolExecutor | None = None
+        shard_pool: ShardPool | None = None
         if threads > 1:  # each shard runs single-threaded BLAS on its own core
             stack.enter_context(threadpool_limits(1))
+            fits = shared_memory_fits(params, threads)
+            if tc.shards_on == "processes" and fits:
+                shard_pool = stack.enter_context(ShardPool(cfg, params, threads))
+                params = shard_pool.params  # the optimiser updates the shared block the workers read
+            else:
+                if tc.shards_on == "processes":
+                    warnings.warn(
+                        f"shards_on: {SHM_DIR} has no room for {threads} shard processes; the shards run on "
+                        "threads (slower; in Docker, raise --shm-size)",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                pool = stack.enter_context(ThreadPoolExecutor(threads))
         while not done():
             total = tc.steps
             if budget:  # schedule by whichever bound is nearer: steps, or wall time spent
@@ -206,7 +228,10 @@ def train(
             lr = optim.lr_at(step, tc.lr, tc.warmup, total, tc.min_lr_frac)
             x, y, nxt = window(S, pos, tc.seq_len)
             drop_rng = rng if cfg.dropout > 0 else None
-            loss, grads, new_state = sharded_grads(cfg, params, x, y, state, pool, threads, rng=drop_rng)
+            if shard_pool is not None:
+                loss, grads, new_state = shard_pool.grads(x, y, state, rng=drop_rng)
+            else:
+                loss, grads, new_state = sharded_grads(cfg, params, x, y, state, pool, threads, rng=drop_rng)
             norm = optim.clip_by_global_norm(grads, tc.clip)
             if not (math.isfinite(loss) and math.isfinite(norm)):
                 raise TrainingDiverged(
