@@ -1,17 +1,19 @@
 """Training speed: our NumPy trainer against PyTorch ``nn.LSTM`` on the same shapes and thread count.
 
 One training step = forward over a [B, T] batch, softmax cross-entropy, full BPTT, global-norm clipping and an
-Adam update; ours is exactly the step ``model.train`` runs (the batch sharded over one thread per core).
-Configurations: V=65, E=64, H=256, L in {1, 2}, B=32, T=64. The two trainers are timed in
-alternating rounds (median of rounds) so background load hits both alike.
+Adam update; ours is exactly the step ``model.train`` runs: the batch sharded over one core each, shard 0 in
+this process and the others in worker processes (:mod:`model.shard_pool`), each on the LSTM's batch-major
+path (:mod:`model.fast_lstm`). Configurations: V=65, E=64, H=256, L in {1, 2}, B=32, T=64. All variants are
+timed in alternating rounds (median of rounds) so background load hits them alike.
 
     python bench/train_speed.py            # table
     python bench/train_speed.py --json     # ... and one JSON object on the last line
 
 JSON keys: ``ratio`` (our step time / PyTorch's, worst case over the configurations; target <= 1.0), and per
-configuration ``L{l}_ours_ms``, ``L{l}_torch_ms``, ``L{l}_ratio``, ``L{l}_ours_tok_s``, ``L{l}_shard_ms`` and
-``L{l}_shard_ratio``: one shard's forward and BPTT alone on one thread (B/threads rows, no clipping or Adam), the
-work each of our threads does side by side with the others, so a lower bound for ours on this machine.
+configuration ``L{l}_ours_ms``, ``L{l}_torch_ms``, ``L{l}_ratio``, ``L{l}_ours_tok_s``; ``L{l}_threads_ms`` and
+``L{l}_threads_ratio``: the same step with the shards on threads (``seqpred train --shards-on threads``);
+``L{l}_shard_ms`` and ``L{l}_shard_ratio``: one shard's forward and BPTT alone on one thread (B/threads rows, no
+clipping or Adam), the work each core does side by side with the others, so a lower bound for ours here.
 Without torch installed (``pip install torch==2.13.0`` gives a CPU build) only our figures are printed.
 """
 
@@ -24,29 +26,40 @@ import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from model import network, optim
 from model.config import ModelConfig
+from model.network import Params
 from model.parallel import batch_grads, sharded_grads
+from model.shard_pool import ShardPool
 
 V, E, H, B, T = 65, 64, 256, 32, 64
 
 
-def ours(layers: int, rng: np.random.Generator, pool: ThreadPoolExecutor | None, threads: int) -> Callable[[], None]:
-    """The trainer's own step (model.train): batch sharded over ``threads`` threads, then clip and Adam."""
+def ours(layers: int, rng: np.random.Generator, stack: ExitStack, threads: int, on: str) -> Callable[[], None]:
+    """The trainer's own step (model.train): the batch sharded over ``threads`` cores, the shards ``on``
+    "processes" (a :class:`ShardPool`, the trainer's default) or "threads", then clip and Adam."""
     cfg = ModelConfig(cell="lstm", layers=layers, hidden=H, vocab_size=V, embed=E)
     p = network.init_params(cfg, rng)
-    oc = optim.OptimConfig()
-    s = optim.init_state(oc, p)
     x, y = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
     state = network.zero_state(cfg, B)
+    grads: Callable[[], Params]
+    if threads > 1 and on == "processes":
+        pool = stack.enter_context(ShardPool(cfg, p, threads))
+        p = pool.params
+        grads = lambda: pool.grads(x, y, state)[1]  # noqa: E731
+    else:
+        ex = stack.enter_context(ThreadPoolExecutor(threads)) if threads > 1 else None
+        grads = lambda: sharded_grads(cfg, p, x, y, state, ex, threads)[1]  # noqa: E731
+    oc = optim.OptimConfig()
+    s = optim.init_state(oc, p)
 
     def step() -> None:
-        _, g, _ = sharded_grads(cfg, p, x, y, state, pool, threads)
+        g = grads()
         optim.clip_by_global_norm(g, 5.0)
         optim.step(oc, p, g, s, 1e-3)
 
@@ -110,48 +123,57 @@ def main() -> None:
     rng = np.random.default_rng(0)
     res: dict[str, float] = {}
     rows = []
-    pool = ThreadPoolExecutor(threads) if threads > 1 else None
     for layers in (1, 2):
-        mine, theirs = ours(layers, rng, pool, threads), torch_step(layers, threads)
-        shard = one_shard(layers, rng, threads)
-        tm, tt, ts = [], [], []
-        for r in range(a.rounds + 1):  # round 0 warms up
-            # our shards run single-threaded BLAS each, as in model.train; PyTorch keeps its own threads
-            with threadpool_limits(1) if threads > 1 else nullcontext():
-                t_ours = timed(mine, a.steps)
-                t_shard = timed(shard, a.steps)
-            t_torch = timed(theirs, a.steps) if theirs else None
-            if r:
-                tm.append(t_ours)
-                ts.append(t_shard)
-                if t_torch is not None:
-                    tt.append(t_torch)
-        m = statistics.median(tm)
+        with ExitStack() as stack:
+            mine = ours(layers, rng, stack, threads, "processes")
+            on_threads = ours(layers, rng, stack, threads, "threads")
+            shard, theirs = one_shard(layers, rng, threads), torch_step(layers, threads)
+            tm, tth, tt, ts = [], [], [], []
+            for r in range(a.rounds + 1):  # round 0 warms up
+                # our shards run single-threaded BLAS each, as in model.train; PyTorch keeps its own threads
+                with threadpool_limits(1) if threads > 1 else nullcontext():
+                    t_ours = timed(mine, a.steps)
+                    t_threads = timed(on_threads, a.steps)
+                    t_shard = timed(shard, a.steps)
+                t_torch = timed(theirs, a.steps) if theirs else None
+                if r:
+                    tm.append(t_ours)
+                    tth.append(t_threads)
+                    ts.append(t_shard)
+                    if t_torch is not None:
+                        tt.append(t_torch)
+        m, mth, shard_s = statistics.median(tm), statistics.median(tth), statistics.median(ts)
         res[f"L{layers}_ours_ms"] = m * 1e3
         res[f"L{layers}_ours_tok_s"] = B * T / m
-        shard_s = statistics.median(ts)
+        res[f"L{layers}_threads_ms"] = mth * 1e3
         res[f"L{layers}_shard_ms"] = shard_s * 1e3
-        if tt:
-            t = statistics.median(tt)
-            res[f"L{layers}_torch_ms"] = t * 1e3
-            res[f"L{layers}_ratio"] = m / t
-            res[f"L{layers}_shard_ratio"] = shard_s / t
+        if tt:  # each ratio: the median of its per-round ratios (a round's drift hits both sides alike)
+            res[f"L{layers}_torch_ms"] = statistics.median(tt) * 1e3
+            for key, mine_s in (("ratio", tm), ("threads_ratio", tth), ("shard_ratio", ts)):
+                res[f"L{layers}_{key}"] = statistics.median(o / t for o, t in zip(mine_s, tt, strict=True))
         rows.append(layers)
     print(f"training step, V={V} E={E} H={H} B={B} T={T}, Adam, {threads} threads (median of {a.rounds} rounds)")
-    print(f"{'config':<8}{'ours ms':>10}{'ours tok/s':>12}{'torch ms':>10}{'ratio':>8}{'one shard ms':>14}{'ratio':>8}")
+    print(
+        f"{'config':<8}{'ours ms':>9}{'ours tok/s':>12}{'torch ms':>10}{'ratio':>8}"
+        f"{'on threads ms':>15}{'ratio':>8}{'one shard ms':>14}{'ratio':>8}"
+    )
+
+    def fmt(key: str, spec: str) -> str:
+        return format(res[key], spec) if key in res else "n/a"
+
     for layers in rows:
-        k = f"L{layers}"
-        tms = f"{res[k + '_torch_ms']:.1f}" if k + "_torch_ms" in res else "n/a"
-        ratio = f"{res[k + '_ratio']:.2f}" if k + "_ratio" in res else "n/a"
-        sratio = f"{res[k + '_shard_ratio']:.2f}" if k + "_shard_ratio" in res else "n/a"
+        k = f"L{layers}_"
         print(
-            f"{k:<8}{res[k + '_ours_ms']:>10.1f}{res[k + '_ours_tok_s']:>12,.0f}{tms:>10}{ratio:>8}"
-            f"{res[k + '_shard_ms']:>14.1f}{sratio:>8}"
+            f"{k[:-1]:<8}{fmt(k + 'ours_ms', '.1f'):>9}{fmt(k + 'ours_tok_s', ',.0f'):>12}"
+            f"{fmt(k + 'torch_ms', '.1f'):>10}"
+            f"{fmt(k + 'ratio', '.3f'):>8}{fmt(k + 'threads_ms', '.1f'):>15}{fmt(k + 'threads_ratio', '.3f'):>8}"
+            f"{fmt(k + 'shard_ms', '.1f'):>14}{fmt(k + 'shard_ratio', '.3f'):>8}"
         )
-    print(f"(one shard: forward and BPTT of {B // threads} rows alone on one thread, a lower bound for ours)")
+    print("ours: shards on processes, as `seqpred train` runs them; on threads: `seqpred train --shards-on threads`")
+    print(f"one shard: forward and BPTT of {B // threads} rows alone on one core, a lower bound for ours")
     if "L1_ratio" in res:
         res["ratio"] = max(res["L1_ratio"], res["L2_ratio"])
-        print(f"worst ratio (ours / torch): {res['ratio']:.2f}  (target <= 1.0)")
+        print(f"worst ratio (ours / torch): {res['ratio']:.3f}  (target <= 1.0)")
     if a.json:
         print(json.dumps({k: round(v, 4) for k, v in res.items()}))
 
