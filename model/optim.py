@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from model.errors import ConfigError
+from model.workspace import for_this_thread
 
 Arrays = dict[str, Any]
 
@@ -72,17 +73,22 @@ def step(cfg: OptimConfig, params: Arrays, grads: Arrays, state: Arrays, lr: flo
     if cfg.name == "adam":
         b1, b2 = cfg.beta1, cfg.beta2
         alpha = lr * math.sqrt(1.0 - b2**t) / (1.0 - b1**t)
+        ws = for_this_thread()
         for k, p in params.items():
             g, m, v = grads[k], state[f"m/{k}"], state[f"v/{k}"]
+            s = ws.empty("adam", p.shape, p.dtype)  # one reused scratch: no temporaries, no page faults
             m *= b1
-            m += (1.0 - b1) * g
+            np.multiply(g, 1.0 - b1, out=s)
+            m += s
             v *= b2
-            v += (1.0 - b2) * (g * g)
-            denom = np.sqrt(v)
-            denom += cfg.eps
-            np.divide(m, denom, out=denom)
-            denom *= alpha
-            p -= denom
+            np.multiply(g, g, out=s)
+            s *= 1.0 - b2
+            v += s
+            np.sqrt(v, out=s)
+            s += cfg.eps
+            np.divide(m, s, out=s)
+            s *= alpha
+            p -= s
     else:
         for k, p in params.items():
             u = state[f"u/{k}"]

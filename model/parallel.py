@@ -79,11 +79,14 @@ def combine(cfg: ModelConfig, p: Params, results: list[ShardResult]) -> tuple[fl
     """The batch's ``(loss, grads, state)`` from its shards' results, in row order (weighted by Σ w)."""
     total = sum(r[1] for r in results)
     loss = sum(r[0] * r[1] for r in results) / total
-    grads = {k: np.zeros_like(v) for k, v in p.items()}
+    grads: Params = {}
     for _, wsum, g, _ in results:
         scale = wsum / total
         for k, v in g.items():
-            grads[k] += v * v.dtype.type(scale)
+            if k in grads:
+                grads[k] += v * v.dtype.type(scale)
+            else:
+                grads[k] = v * v.dtype.type(scale)
     new_state: State = []
     for l in range(cfg.layers):
         hs = [r[3][l][0] for r in results]
