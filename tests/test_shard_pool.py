@@ -16,6 +16,7 @@ from model import train as train_mod
 from model.checkpoint import load_run
 from model.cli import main
 from model.config import ModelConfig
+from model.errors import ConfigError
 from model.parallel import sharded_grads
 from model.shard_pool import ShardPool, ShardWorkerError, shared_memory_fits
 
@@ -154,3 +155,8 @@ def test_the_trainer_falls_back_to_threads_without_room_in_shared_memory(
     threads = _train_run(tmp_path, "threads", "--shards-on", "threads")
     for k in threads:
         np.testing.assert_array_equal(fallback[k], threads[k], err_msg=k)
+
+
+def test_an_unknown_shard_mode_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match="shards_on: must be one of processes, threads, got 'gpu'"):
+        train_mod.TrainConfig(steps=1, shards_on="gpu")
