@@ -10,8 +10,9 @@ timed in alternating rounds (median of rounds) so background load hits them alik
     python bench/train_speed.py --json     # ... and one JSON object on the last line
 
 JSON keys: ``ratio`` (our step time / PyTorch's, worst case over the configurations; target <= 1.0), and per
-configuration ``L{l}_ours_ms``, ``L{l}_torch_ms``, ``L{l}_ratio``, ``L{l}_ours_tok_s``; ``L{l}_threads_ms`` and
-``L{l}_threads_ratio``: the same step with the shards on threads (``seqpred train --shards-on threads``);
+configuration ``L{l}_ours_ms``, ``L{l}_torch_ms``, ``L{l}_ratio``, ``L{l}_ours_tok_s``; ``L{l}_pair_ms`` and
+``L{l}_pair_ratio``: our step without clipping and Adam (the shards side by side and their combination);
+``L{l}_threads_ms`` and ``L{l}_threads_ratio``: the step with the shards on threads (``--shards-on threads``);
 ``L{l}_shard_ms`` and ``L{l}_shard_ratio``: one shard's forward and BPTT alone on one thread (B/threads rows, no
 clipping or Adam), the work each core does side by side with the others, so a lower bound for ours here.
 Without torch installed (``pip install torch==2.13.0`` gives a CPU build) only our figures are printed.
@@ -40,9 +41,12 @@ from model.shard_pool import ShardPool
 V, E, H, B, T = 65, 64, 256, 32, 64
 
 
-def ours(layers: int, rng: np.random.Generator, stack: ExitStack, threads: int, on: str) -> Callable[[], None]:
+def ours(
+    layers: int, rng: np.random.Generator, stack: ExitStack, threads: int, on: str
+) -> tuple[Callable[[], None], Callable[[], object]]:
     """The trainer's own step (model.train): the batch sharded over ``threads`` cores, the shards ``on``
-    "processes" (a :class:`ShardPool`, the trainer's default) or "threads", then clip and Adam."""
+    "processes" (a :class:`ShardPool`, the trainer's default) or "threads", then clip and Adam; and the
+    gradient part of it alone (the shards side by side and their combination)."""
     cfg = ModelConfig(cell="lstm", layers=layers, hidden=H, vocab_size=V, embed=E)
     p = network.init_params(cfg, rng)
     x, y = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
@@ -63,7 +67,7 @@ def ours(layers: int, rng: np.random.Generator, stack: ExitStack, threads: int, 
         optim.clip_by_global_norm(g, 5.0)
         optim.step(oc, p, g, s, 1e-3)
 
-    return step
+    return step, grads
 
 
 def one_shard(layers: int, rng: np.random.Generator, threads: int) -> Callable[[], None]:
@@ -123,39 +127,39 @@ def main() -> None:
     rng = np.random.default_rng(0)
     res: dict[str, float] = {}
     rows = []
+    #: variant -> its ratio key (ours: the trainer's step; pair: its two shards side by side, no optimiser;
+    #: threads: the step with the shards on threads; shard: one shard alone on one core)
+    keys = {"ours": "ratio", "pair": "pair_ratio", "threads": "threads_ratio", "shard": "shard_ratio"}
     for layers in (1, 2):
         with ExitStack() as stack:
-            mine = ours(layers, rng, stack, threads, "processes")
-            on_threads = ours(layers, rng, stack, threads, "threads")
-            shard, theirs = one_shard(layers, rng, threads), torch_step(layers, threads)
-            tm, tth, tt, ts = [], [], [], []
+            mine, pair = ours(layers, rng, stack, threads, "processes")
+            variants = {"ours": mine, "pair": pair, "threads": ours(layers, rng, stack, threads, "threads")[0]}
+            variants["shard"] = one_shard(layers, rng, threads)
+            theirs = torch_step(layers, threads)
+            times: dict[str, list[float]] = {k: [] for k in variants}
+            tt: list[float] = []
             for r in range(a.rounds + 1):  # round 0 warms up
                 # our shards run single-threaded BLAS each, as in model.train; PyTorch keeps its own threads
                 with threadpool_limits(1) if threads > 1 else nullcontext():
-                    t_ours = timed(mine, a.steps)
-                    t_threads = timed(on_threads, a.steps)
-                    t_shard = timed(shard, a.steps)
+                    got = {k: timed(f, a.steps) for k, f in variants.items()}
                 t_torch = timed(theirs, a.steps) if theirs else None
                 if r:
-                    tm.append(t_ours)
-                    tth.append(t_threads)
-                    ts.append(t_shard)
+                    for k, v in got.items():
+                        times[k].append(v)
                     if t_torch is not None:
                         tt.append(t_torch)
-        m, mth, shard_s = statistics.median(tm), statistics.median(tth), statistics.median(ts)
-        res[f"L{layers}_ours_ms"] = m * 1e3
-        res[f"L{layers}_ours_tok_s"] = B * T / m
-        res[f"L{layers}_threads_ms"] = mth * 1e3
-        res[f"L{layers}_shard_ms"] = shard_s * 1e3
+        for k, v in times.items():
+            res[f"L{layers}_{k}_ms"] = statistics.median(v) * 1e3
+        res[f"L{layers}_ours_tok_s"] = B * T / statistics.median(times["ours"])
         if tt:  # each ratio: the median of its per-round ratios (a round's drift hits both sides alike)
             res[f"L{layers}_torch_ms"] = statistics.median(tt) * 1e3
-            for key, mine_s in (("ratio", tm), ("threads_ratio", tth), ("shard_ratio", ts)):
-                res[f"L{layers}_{key}"] = statistics.median(o / t for o, t in zip(mine_s, tt, strict=True))
+            for k, key in keys.items():
+                res[f"L{layers}_{key}"] = statistics.median(o / t for o, t in zip(times[k], tt, strict=True))
         rows.append(layers)
     print(f"training step, V={V} E={E} H={H} B={B} T={T}, Adam, {threads} threads (median of {a.rounds} rounds)")
     print(
         f"{'config':<8}{'ours ms':>9}{'ours tok/s':>12}{'torch ms':>10}{'ratio':>8}"
-        f"{'on threads ms':>15}{'ratio':>8}{'one shard ms':>14}{'ratio':>8}"
+        f"{'pair ms':>9}{'ratio':>8}{'on threads ms':>15}{'ratio':>8}{'one shard ms':>14}{'ratio':>8}"
     )
 
     def fmt(key: str, spec: str) -> str:
@@ -166,10 +170,12 @@ def main() -> None:
         print(
             f"{k[:-1]:<8}{fmt(k + 'ours_ms', '.1f'):>9}{fmt(k + 'ours_tok_s', ',.0f'):>12}"
             f"{fmt(k + 'torch_ms', '.1f'):>10}"
-            f"{fmt(k + 'ratio', '.3f'):>8}{fmt(k + 'threads_ms', '.1f'):>15}{fmt(k + 'threads_ratio', '.3f'):>8}"
+            f"{fmt(k + 'ratio', '.3f'):>8}{fmt(k + 'pair_ms', '.1f'):>9}{fmt(k + 'pair_ratio', '.3f'):>8}"
+            f"{fmt(k + 'threads_ms', '.1f'):>15}{fmt(k + 'threads_ratio', '.3f'):>8}"
             f"{fmt(k + 'shard_ms', '.1f'):>14}{fmt(k + 'shard_ratio', '.3f'):>8}"
         )
     print("ours: shards on processes, as `seqpred train` runs them; on threads: `seqpred train --shards-on threads`")
+    print("pair: ours without clipping and Adam (the two shards side by side and their combination)")
     print(f"one shard: forward and BPTT of {B // threads} rows alone on one core, a lower bound for ours")
     if "L1_ratio" in res:
         res["ratio"] = max(res["L1_ratio"], res["L2_ratio"])
