@@ -92,17 +92,18 @@ def _worker(conn: Connection, cfg: ModelConfig, layout: Layout, params_name: str
             while True:
                 try:
                     msg = conn.recv()
-                except EOFError:
+                    if msg is None:
+                        return
+                    try:
+                        loss, wsum, g, final = batch_grads(cfg, p, *msg)
+                        for k, v in g.items():
+                            g_out[k][...] = v
+                        reply: tuple[Any, ...] = ("ok", loss, wsum, final)
+                    except Exception:  # reported to the caller, which raises it
+                        reply = ("error", traceback.format_exc())
+                    conn.send(reply)
+                except (EOFError, OSError):  # the caller is gone (closed, interrupted or killed): so are we
                     return
-                if msg is None:
-                    return
-                try:
-                    loss, wsum, g, final = batch_grads(cfg, p, *msg)
-                    for k, v in g.items():
-                        g_out[k][...] = v
-                    conn.send(("ok", loss, wsum, final))
-                except Exception:  # reported to the caller, which raises it
-                    conn.send(("error", traceback.format_exc()))
     finally:
         del p, g_out
         pshm.close()

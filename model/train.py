@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +117,24 @@ def _state_from_arrays(cfg: ModelConfig, arrays: dict[str, np.ndarray], batch: i
     return [(arrays[f"{l}/h"], arrays.get(f"{l}/c")) for l in range(cfg.layers)]
 
 
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``docker stop``, ``kill``) stops a run as Ctrl-C does, so the shard workers and their shared
+    memory are released on the way out. Only the main thread can set a handler; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @dataclass
 class TrainResult:
     step: int
@@ -203,6 +223,7 @@ def train(
 
     threads = min(tc.threads or os.cpu_count() or 1, tc.batch)
     with ExitStack() as stack:
+        stack.enter_context(_sigterm_as_interrupt())
         pool: ThreadPoolExecutor | None = None
         shard_pool: ShardPool | None = None
         if threads > 1:  # each shard runs single-threaded BLAS on its own core

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -160,3 +163,56 @@ def test_the_trainer_falls_back_to_threads_without_room_in_shared_memory(
 def test_an_unknown_shard_mode_is_refused_by_name() -> None:
     with pytest.raises(ConfigError, match="shards_on: must be one of processes, threads, got 'gpu'"):
         train_mod.TrainConfig(steps=1, shards_on="gpu")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_run_stops_cleanly_with_its_workers(sig: int, tmp_path: Path) -> None:
+    """Ctrl-C or SIGTERM mid-run: exit 130 with one line, no traceback, no worker left, no shared memory left."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    out = tmp_path / "run"
+    shm = Path(shard_pool.SHM_DIR)
+    before = set(shm.iterdir()) if shm.is_dir() else set()
+    cmd = [sys.executable, "-m", "model.cli", "train", "--corpus", str(corpus), "--hidden", "16", "--embed", "8"]
+    cmd += ["--batch", "4", "--seq-len", "8", "--steps", "1000000", "--threads", "2"]
+    proc = subprocess.Popen([*cmd, "--out", str(out), "--no-progress"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().count("\n") >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.1)
+        children = _children(proc.pid)
+        assert children, "no shard worker"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "seqpred: interrupted" in err and "Traceback" not in err, err
+    deadline = time.monotonic() + 10  # the resource tracker leaves once it sees its parent gone
+    while any(_alive(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [c for c in children if _alive(c)]
+    if shm.is_dir():
+        assert set(shm.iterdir()) <= before
+
+
+def _alive(pid: int) -> bool:
+    """A process that still runs (a zombie waiting for its reaper does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
