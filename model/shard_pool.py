@@ -158,11 +158,19 @@ class ShardPool:
         """``(loss, grads, state)`` of one batch at the current :attr:`params`, as
         :func:`model.parallel.sharded_grads` computes it with ``shards`` shards."""
         parts = split(x, y, state, weights, rng, self.shards)
-        for conn, args in zip(self._conns, parts[1:], strict=False):
-            self._send(conn, args)
-        results: list[ShardResult] = [batch_grads(self.cfg, self.params, *parts[0])]
-        for w, _ in enumerate(parts[1:]):
-            results.append(self._receive(w))
+        due: list[int] = []  # workers whose reply to this step is still in their pipe
+        try:
+            for w, args in enumerate(parts[1:]):
+                self._send(self._conns[w], args)
+                due.append(w)
+            results: list[ShardResult] = [batch_grads(self.cfg, self.params, *parts[0])]
+            while due:
+                results.append(self._receive(due.pop(0)))  # consumed even when it raises
+        except BaseException:
+            for w in due:  # read what is left, so that no stale reply answers the next step
+                with contextlib.suppress(Exception):
+                    self._receive(w)
+            raise
         return combine(self.cfg, self.params, results)
 
     def _send(self, conn: Connection, args: Any) -> None:

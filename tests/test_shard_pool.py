@@ -216,3 +216,21 @@ def _children(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             out.append(int(stat.parent.name))
     return out
+
+
+def test_a_failure_in_the_callers_own_shard_leaves_no_stale_reply(rng: np.random.Generator) -> None:
+    cfg = ModelConfig(cell="lstm", layers=1, hidden=4, vocab_size=5, embed=3)
+    p = N.init_params(cfg, rng)
+    x, y, s0 = _batch(cfg, 4, 3, rng)
+    w = np.ones((4, 3))
+    w[:2] = 0.0  # the caller's rows (the first half) carry no weight: its own shard fails
+    with ShardPool(cfg, p, 2) as pool:
+        with pytest.raises(ValueError, match="weights: the batch has no position"):
+            pool.grads(x, y, s0, w)
+        x2, y2, s2 = _batch(cfg, 4, 3, rng)
+        got = pool.grads(x2, y2, s2)
+        with ThreadPoolExecutor(2) as ex:
+            expect = sharded_grads(cfg, p, x2, y2, s2, ex, 2)
+    assert got[0] == expect[0]
+    for k in p:
+        np.testing.assert_array_equal(got[1][k], expect[1][k], err_msg=k)
