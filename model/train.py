@@ -228,18 +228,18 @@ def train(
         shard_pool: ShardPool | None = None
         if threads > 1:  # each shard runs single-threaded BLAS on its own core
             stack.enter_context(threadpool_limits(1))
-            fits = shared_memory_fits(params, threads)
-            if tc.shards_on == "processes" and fits:
-                shard_pool = stack.enter_context(ShardPool(cfg, params, threads))
-                params = shard_pool.params  # the optimiser updates the shared block the workers read
-            else:
-                if tc.shards_on == "processes":
-                    warnings.warn(
-                        f"shards_on: {SHM_DIR} has no room for {threads} shard processes; the shards run on "
-                        "threads (slower; in Docker, raise --shm-size)",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
+            why = ""  # why the shards fall back to threads, if they do
+            if tc.shards_on == "processes" and not shared_memory_fits(params, threads):
+                why = f"{SHM_DIR} has no room for {threads} shard processes (in Docker, raise --shm-size)"
+            elif tc.shards_on == "processes":
+                try:
+                    shard_pool = stack.enter_context(ShardPool(cfg, params, threads))
+                    params = shard_pool.params  # the optimiser updates the shared block the workers read
+                except OSError as e:  # no shared memory or no processes here
+                    why = f"cannot start shard processes ({e})"
+            if shard_pool is None:
+                if why:
+                    warnings.warn(f"shards_on: {why}; the shards run on threads (slower)", RuntimeWarning, stacklevel=2)
                 pool = stack.enter_context(ThreadPoolExecutor(threads))
         while not done():
             total = tc.steps

@@ -152,7 +152,22 @@ def test_the_trainer_falls_back_to_threads_without_room_in_shared_memory(
 
     monkeypatch.setattr(train_mod, "shared_memory_fits", lambda params, shards: False)
     monkeypatch.setattr(train_mod, "ShardPool", refuse)
-    with pytest.warns(RuntimeWarning, match="shards_on: .* has no room for 2 shard processes; the shards run on"):
+    with pytest.warns(RuntimeWarning, match=r"shards_on: .* has no room for 2 shard processes .*; the shards run on"):
+        fallback = _train_run(tmp_path, "fallback")
+    monkeypatch.undo()
+    threads = _train_run(tmp_path, "threads", "--shards-on", "threads")
+    for k in threads:
+        np.testing.assert_array_equal(fallback[k], threads[k], err_msg=k)
+
+
+def test_the_trainer_falls_back_to_threads_when_processes_cannot_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_shm(*args: object) -> None:
+        raise OSError("no shared memory here")
+
+    monkeypatch.setattr(train_mod, "ShardPool", no_shm)
+    with pytest.warns(RuntimeWarning, match=r"cannot start shard processes \(no shared memory here\); the shards run"):
         fallback = _train_run(tmp_path, "fallback")
     monkeypatch.undo()
     threads = _train_run(tmp_path, "threads", "--shards-on", "threads")
