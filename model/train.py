@@ -209,7 +209,8 @@ def train(
         return bool(budget and time.perf_counter() - t0 >= budget)
 
     def run_eval(max_tokens: int) -> float:
-        nats, n = evaluate(cfg, params, val_ids, batch=tc.batch, seq_len=256, max_tokens=max_tokens)
+        with threadpool_limits(threads):  # no shard runs meanwhile: BLAS may use every core the run has
+            nats, n = evaluate(cfg, params, val_ids, batch=tc.batch, seq_len=256, max_tokens=max_tokens)
         log(
             {
                 "step": step,
