@@ -26,7 +26,6 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, nullcontext
 
 import numpy as np
@@ -35,8 +34,8 @@ from threadpoolctl import threadpool_limits
 from model import network, optim
 from model.config import ModelConfig
 from model.network import Params
-from model.parallel import batch_grads, sharded_grads
-from model.shard_pool import ShardPool
+from model.parallel import batch_grads
+from model.shard_pool import open_shards
 
 V, E, H, B, T = 65, 64, 256, 32, 64
 
@@ -51,14 +50,11 @@ def ours(
     p = network.init_params(cfg, rng)
     x, y = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
     state = network.zero_state(cfg, B)
-    grads: Callable[[], Params]
-    if threads > 1 and on == "processes":
-        pool = stack.enter_context(ShardPool(cfg, p, threads))
-        p = pool.params
-        grads = lambda: pool.grads(x, y, state)[1]  # noqa: E731
-    else:
-        ex = stack.enter_context(ThreadPoolExecutor(threads)) if threads > 1 else None
-        grads = lambda: sharded_grads(cfg, p, x, y, state, ex, threads)[1]  # noqa: E731
+    p, grads_of = open_shards(stack, cfg, p, threads, on)  # as model.train sets them up
+
+    def grads() -> Params:
+        return grads_of(x, y, state, None)[1]
+
     oc = optim.OptimConfig()
     s = optim.init_state(oc, p)
 

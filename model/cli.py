@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from model.checkpoint import CHECKPOINT, CONFIG, METRICS, VOCAB, load_run, save_config, write_json_atomic
-from model.config import CELLS, ModelConfig
+from model.config import CELLS, SHARDS_ON, ModelConfig
 from model.errors import EXIT_INTERRUPTED, CheckpointError, ConfigError, SeqpredError, report_error
 
 
@@ -47,9 +47,7 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--eval-tokens", type=int, default=50_000, help="validation tokens per periodic check")
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--threads", type=int, default=0, help="cores sharing each batch (0 = one per core)")
-    p.add_argument(
-        "--shards-on", default="processes", choices=("processes", "threads"), help="where each core's shard runs"
-    )
+    p.add_argument("--shards-on", default=SHARDS_ON[0], choices=SHARDS_ON, help="where each core's shard runs")
     p.add_argument("--out", required=True, help="run directory to create")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue the run in --out")

@@ -27,6 +27,10 @@ import multiprocessing as mp
 import os
 import signal
 import traceback
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.shared_memory import SharedMemory
@@ -37,7 +41,7 @@ import numpy as np
 
 from model.config import ModelConfig
 from model.network import Params, State
-from model.parallel import ShardResult, batch_grads, combine, split
+from model.parallel import ShardResult, batch_grads, combine, sharded_grads, split
 
 #: Each array starts on a cache line of the shared block.
 ALIGN = 64
@@ -220,3 +224,29 @@ class ShardPool:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+#: ``grads(x, y, state, dropout_rng) -> (loss, grads, final_state)`` for one batch.
+BatchGrads = Callable[[np.ndarray, np.ndarray, State, np.random.Generator | None], tuple[float, Params, State]]
+
+
+def open_shards(stack: ExitStack, cfg: ModelConfig, params: Params, shards: int, on: str) -> tuple[Params, BatchGrads]:
+    """Set up a batch's gradients over ``shards`` cores, ``on`` "processes" or "threads", closed with ``stack``.
+
+    Returns the parameters to train from then on (the pool's shared block when on processes) and the
+    gradient function. Processes fall back to threads, with a warning that says why, when ``SHM_DIR`` has no
+    room for the pool or no pool can start. The caller sets the BLAS threads (one per shard in the trainer).
+    """
+    why = ""  # why the shards fall back to threads, if they do
+    if shards > 1 and on == "processes":
+        if not shared_memory_fits(params, shards):
+            why = f"{SHM_DIR} has no room for {shards} shard processes (in Docker, raise --shm-size)"
+        else:
+            try:
+                pool = stack.enter_context(ShardPool(cfg, params, shards))
+                return pool.params, lambda x, y, state, rng: pool.grads(x, y, state, rng=rng)
+            except OSError as e:  # no shared memory or no processes here
+                why = f"cannot start shard processes ({e})"
+        warnings.warn(f"shards_on: {why}; the shards run on threads (slower)", RuntimeWarning, stacklevel=2)
+    ex = stack.enter_context(ThreadPoolExecutor(shards)) if shards > 1 else None
+    return params, lambda x, y, state, rng: sharded_grads(cfg, params, x, y, state, ex, shards, rng=rng)

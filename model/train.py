@@ -18,9 +18,7 @@ import os
 import signal
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,16 +29,12 @@ from threadpoolctl import threadpool_limits
 
 from model import network, optim
 from model.checkpoint import METRICS, Run, save_checkpoint
-from model.config import ModelConfig, from_dict
+from model.config import SHARDS_ON, ModelConfig, from_dict
 from model.errors import ConfigError, TrainingDiverged
 from model.evaluate import evaluate, summary
 from model.network import State
-from model.parallel import sharded_grads
-from model.shard_pool import SHM_DIR, ShardPool, shared_memory_fits
+from model.shard_pool import open_shards
 from model.streams import make_streams, window
-
-#: Where a batch's shards run (see :mod:`model.shard_pool` for why processes are the default).
-SHARDS_ON = ("processes", "threads")
 
 
 @dataclass(frozen=True)
@@ -67,7 +61,7 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 500
     threads: int = 0  # the batch is sharded over this many cores (0 = one per CPU core)
-    shards_on: str = "processes"  # where the shards run: "processes" (model.shard_pool) or "threads"
+    shards_on: str = SHARDS_ON[0]  # where the shards run: "processes" (model.shard_pool) or "threads"
 
     def __post_init__(self) -> None:
         for name in ("batch", "seq_len"):
@@ -225,23 +219,9 @@ def train(
     threads = min(tc.threads or os.cpu_count() or 1, tc.batch)
     with ExitStack() as stack:
         stack.enter_context(_sigterm_as_interrupt())
-        pool: ThreadPoolExecutor | None = None
-        shard_pool: ShardPool | None = None
         if threads > 1:  # each shard runs single-threaded BLAS on its own core
             stack.enter_context(threadpool_limits(1))
-            why = ""  # why the shards fall back to threads, if they do
-            if tc.shards_on == "processes" and not shared_memory_fits(params, threads):
-                why = f"{SHM_DIR} has no room for {threads} shard processes (in Docker, raise --shm-size)"
-            elif tc.shards_on == "processes":
-                try:
-                    shard_pool = stack.enter_context(ShardPool(cfg, params, threads))
-                    params = shard_pool.params  # the optimiser updates the shared block the workers read
-                except OSError as e:  # no shared memory or no processes here
-                    why = f"cannot start shard processes ({e})"
-            if shard_pool is None:
-                if why:
-                    warnings.warn(f"shards_on: {why}; the shards run on threads (slower)", RuntimeWarning, stacklevel=2)
-                pool = stack.enter_context(ThreadPoolExecutor(threads))
+        params, grads_of = open_shards(stack, cfg, params, threads, tc.shards_on)
         while not done():
             total = tc.steps
             if budget:  # schedule by whichever bound is nearer: steps, or wall time spent
@@ -250,10 +230,7 @@ def train(
             lr = optim.lr_at(step, tc.lr, tc.warmup, total, tc.min_lr_frac)
             x, y, nxt = window(S, pos, tc.seq_len)
             drop_rng = rng if cfg.dropout > 0 else None
-            if shard_pool is not None:
-                loss, grads, new_state = shard_pool.grads(x, y, state, rng=drop_rng)
-            else:
-                loss, grads, new_state = sharded_grads(cfg, params, x, y, state, pool, threads, rng=drop_rng)
+            loss, grads, new_state = grads_of(x, y, state, drop_rng)
             norm = optim.clip_by_global_norm(grads, tc.clip)
             if not (math.isfinite(loss) and math.isfinite(norm)):
                 raise TrainingDiverged(

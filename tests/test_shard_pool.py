@@ -137,42 +137,43 @@ def _train_run(tmp_path: Path, name: str, *extra: str) -> dict[str, np.ndarray]:
     return load_run(out).params
 
 
-def test_the_trainer_on_processes_equals_it_on_threads(tmp_path: Path) -> None:
-    procs = _train_run(tmp_path, "procs", "--shards-on", "processes")
-    threads = _train_run(tmp_path, "threads", "--shards-on", "threads")
-    for k in threads:
-        np.testing.assert_array_equal(procs[k], threads[k], err_msg=k)
+@pytest.fixture(scope="module")
+def on_threads(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+    """The reference run: the same training with its shards on threads."""
+    return _train_run(tmp_path_factory.mktemp("threads"), "threads", "--shards-on", "threads")
+
+
+def _assert_same_run(got: dict[str, np.ndarray], expect: dict[str, np.ndarray]) -> None:
+    assert list(got) == list(expect)
+    for k in expect:
+        np.testing.assert_array_equal(got[k], expect[k], err_msg=k)
+
+
+def test_the_trainer_on_processes_equals_it_on_threads(tmp_path: Path, on_threads: dict[str, np.ndarray]) -> None:
+    _assert_same_run(_train_run(tmp_path, "procs", "--shards-on", "processes"), on_threads)
 
 
 def test_the_trainer_falls_back_to_threads_without_room_in_shared_memory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, on_threads: dict[str, np.ndarray]
 ) -> None:
     def refuse(*args: object) -> None:
         raise AssertionError("no pool should start")
 
-    monkeypatch.setattr(train_mod, "shared_memory_fits", lambda params, shards: False)
-    monkeypatch.setattr(train_mod, "ShardPool", refuse)
+    monkeypatch.setattr(shard_pool, "shared_memory_fits", lambda params, shards: False)
+    monkeypatch.setattr(shard_pool, "ShardPool", refuse)
     with pytest.warns(RuntimeWarning, match=r"shards_on: .* has no room for 2 shard processes .*; the shards run on"):
-        fallback = _train_run(tmp_path, "fallback")
-    monkeypatch.undo()
-    threads = _train_run(tmp_path, "threads", "--shards-on", "threads")
-    for k in threads:
-        np.testing.assert_array_equal(fallback[k], threads[k], err_msg=k)
+        _assert_same_run(_train_run(tmp_path, "fallback"), on_threads)
 
 
 def test_the_trainer_falls_back_to_threads_when_processes_cannot_start(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, on_threads: dict[str, np.ndarray]
 ) -> None:
     def no_shm(*args: object) -> None:
         raise OSError("no shared memory here")
 
-    monkeypatch.setattr(train_mod, "ShardPool", no_shm)
+    monkeypatch.setattr(shard_pool, "ShardPool", no_shm)
     with pytest.warns(RuntimeWarning, match=r"cannot start shard processes \(no shared memory here\); the shards run"):
-        fallback = _train_run(tmp_path, "fallback")
-    monkeypatch.undo()
-    threads = _train_run(tmp_path, "threads", "--shards-on", "threads")
-    for k in threads:
-        np.testing.assert_array_equal(fallback[k], threads[k], err_msg=k)
+        _assert_same_run(_train_run(tmp_path, "fallback"), on_threads)
 
 
 def test_an_unknown_shard_mode_is_refused_by_name() -> None:
