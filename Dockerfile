@@ -37,7 +37,7 @@ RUN pip install . "redis>=5" \
 WORKDIR /
 RUN pkg="$(python -c 'import pathlib, service; print(pathlib.Path(service.__file__).parent)')" \
  && cp -r /src/service/default_model "${pkg}/default_model" \
- && python -c "import service.cli, service.scoring, service.server, service.healthcheck" \
+ && python -c "import service.cli, service.scoring.cli, service.server, service.healthcheck" \
  && find /opt/venv -path '*/nvidia/*/lib' -type d > /opt/venv/nvidia-libs.conf \
  && python -m pip uninstall -y pip setuptools
 

@@ -26,13 +26,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service import wal
-from service.bundle import load_bundle
-from service.durability import LocalLog
-from service.memory_store import MemoryStore
-from service.recovery import write_rows
-from service.runtime import Runtime
+from service.durability import wal
+from service.durability.local import LocalLog
+from service.durability.recovery import write_rows
+from service.runtime.bundle import load_bundle
+from service.runtime.onnx_runtime import Runtime
 from service.settings import DEFAULT_MODEL_DIR
+from service.store.memory import MemoryStore
 
 
 def snapshot_cost(runtime: Runtime, directory: Path, n: int) -> dict[str, Any]:

@@ -21,7 +21,7 @@ it the weights are random (H=256, E=64, V=65) and only the speed and the numeric
 
 Floor (sequence settings only): ``sequence.onnx`` with its Scan body cut down to the per-step work that no
 explicit-op body can avoid (one Gather, one Gemm with its fused activation, the state slices and per-step
-outputs; ``bench/export_floor.py``). It bounds what any rearrangement of the cell's elementwise math can gain.
+outputs; ``bench/harness/export_floor.py``). It bounds what any rearrangement of the cell's elementwise math can gain.
 
 JSON keys: ``ratio`` (ours fp32 / native, worst case over the six settings; target <= 1.0), ``ratio_fp16``,
 ``ratio_int8`` (same for the other precisions), ``floor_ratio`` (per sequence setting: floor / native),
@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from export_floor import floor_sequence_model
+from harness.export_floor import floor_sequence_model
 
 from model import network
 from model.config import ModelConfig
@@ -110,7 +110,7 @@ def load_weights(run: str | None, rng: np.random.Generator) -> tuple[ModelConfig
     if run is None:
         cfg = ModelConfig(cell="lstm", layers=1, hidden=H, vocab_size=V, embed=E)
         return cfg, network.init_params(cfg, rng), None
-    from model.checkpoint import load_run
+    from model.train.checkpoint import load_run
 
     r = load_run(run)
     if r.model.cell != "lstm" or not r.model.token_input:
@@ -206,7 +206,8 @@ def main() -> None:
         print(f"{name:34s} {r['ms']['native']:10.3f} {row} {r['busy']:5.2f}")
     print("(x = ours / native; < 1 is faster than the native LSTM op)")
     print(
-        "(floor: our sequence graph with only the per-step work no explicit-op body can avoid; bench/export_floor.py)"
+        "(floor: our sequence graph with only the per-step work no explicit-op body can avoid;"
+        " bench/harness/export_floor.py)"
     )
     print(f"\nvalidation nats/token ({'trained' if args.run else 'random'} weights, 32 x 256 tokens)")
     for k, v in acc.items():

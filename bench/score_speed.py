@@ -1,4 +1,4 @@
-"""Offline scoring speed: ``service.scorer.Scorer`` against PyTorch eager ``nn.LSTM`` and ONNX's native LSTM op.
+"""Offline scoring speed: ``service.scoring.scorer.Scorer`` against PyTorch eager ``nn.LSTM`` and ONNX's native LSTM op.
 
 Model: a char LSTM, V=65 (Tiny Shakespeare's symbols), E=64, H=256, one layer, weights from ``init_params`` (seed
 0; speed does not depend on their values), exported with ``model.export.export_model`` (fp32).
@@ -44,12 +44,12 @@ from typing import Any
 import numpy as np
 
 from model.config import ModelConfig
+from model.data.tokenizers import CharTokenizer
 from model.export import export_model
 from model.export.native import native_sequence_model
 from model.network import init_params
-from model.tokenizers import CharTokenizer
-from service.scorer import BATCH_TOKENS, CHUNK_LEN, MAX_BATCH, Scorer, plan_batches, usable_cores
-from service.scoring import main_score
+from service.scoring.cli import main_score
+from service.scoring.scorer import BATCH_TOKENS, CHUNK_LEN, MAX_BATCH, Scorer, plan_batches, usable_cores
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 E, H = 64, 256

@@ -17,7 +17,7 @@ Also measured:
   - stub: the service's own gRPC layer (servicer, handler wiring, request and reply conversion) over an engine
     that answers at once. Against the echo it prices the gRPC layer.
   - floor (one stream only): the same over an engine whose only work per request is one ``step.onnx`` call of
-    the model and its top-k (``serve_echo.FloorEngine``). With one stream nothing can be batched, so this is the
+    the model and its top-k (``harness.serve.echo.FloorEngine``). With one stream nothing can be batched, so this is the
     fastest any engine over this model can answer here: ``floor_p50_ratio_1`` bounds ``p50_ratio_1`` from below,
     and the service against the floor prices sessions, validation and batching.
   JSON keys ``stub_throughput_ratio_64``, ``stub_p50_ratio_1`` and ``floor_p50_ratio_1``, defined like the
@@ -29,9 +29,10 @@ All servers run as subprocesses; the client runs in this process. Without ``--mo
 when installed, else a 1-layer H=256 LSTM is trained for 2 steps and exported to a temporary directory (the
 timings depend on the graph's shape, not on its weights).
 
-The parts, one module each: the echo server (``bench/serve_echo.py``), the server subprocesses
-(``bench/serve_procs.py``), the load-generating client and the offline baseline (``bench/serve_client.py``), the
-idle-session memory check (``bench/serve_memory.py``), and the table and JSON line (``bench/serve_report.py``).
+The parts, one module each: the echo server (``bench/harness/serve/echo.py``), the server subprocesses
+(``bench/harness/serve/procs.py``), the load-generating client and the offline baseline
+(``bench/harness/serve/client.py``), the idle-session memory check (``bench/harness/serve/memory.py``), and the table
+and JSON line (``bench/harness/serve/report.py``).
 """
 
 from __future__ import annotations
@@ -51,11 +52,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
 
-from serve_client import measure, offline_prompt_rate, prompt_load  # noqa: E402
-from serve_echo import run_echo, run_stub  # noqa: E402
-from serve_memory import idle_memory  # noqa: E402
-from serve_procs import start_echo, start_service, start_stub  # noqa: E402
-from serve_report import level_summary, print_table, summarize  # noqa: E402
+from harness.serve.client import measure, offline_prompt_rate, prompt_load  # noqa: E402
+from harness.serve.echo import run_echo, run_stub  # noqa: E402
+from harness.serve.memory import idle_memory  # noqa: E402
+from harness.serve.procs import start_echo, start_service, start_stub  # noqa: E402
+from harness.serve.report import level_summary, print_table, summarize  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------------
 # model
@@ -117,7 +118,7 @@ def main() -> int:
     levels = [int(x) for x in a.streams.split(",")]
     out: dict[str, Any] = {"levels": {}}
     with bench_model(a.model) as model:
-        from service.bundle import load_bundle
+        from service.runtime.bundle import load_bundle
 
         bundle = load_bundle(model)
         cfg = bundle.config

@@ -6,9 +6,9 @@
 Starts a real server process on a free port (the shipped default model unless ``--model``), then runs ``--streams``
 concurrent client streams for ``--minutes``, each keeping ``--sessions-per-stream`` sessions that end and are
 replaced at random lengths (a steady number of live sessions), with random disconnects and reconnects that carry
-on with the same session ids (``bench/soak_client.py``). Every finished session segment goes to a checker in a
+on with the same session ids (``bench/harness/soak/client.py``). Every finished session segment goes to a checker in a
 worker process, which recomputes its whole acknowledged history offline and checks every response: top-k ids and
-log-probabilities, scores, generated tokens, positions (``bench/soak_check.py``; ``sequence.onnx`` on
+log-probabilities, scores, generated tokens, positions (``bench/harness/soak/check.py``; ``sequence.onnx`` on
 onnxruntime, or with ``--run`` the NumPy network of the training run). Segments are checked in batches while the
 soak runs, so the checker is not what limits the load; its CPU time is reported.
 
@@ -41,10 +41,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
 
 import grpc  # noqa: E402
-from soak_check import Verdict  # noqa: E402
-from soak_client import DISCONNECTS, Driver  # noqa: E402
-from soak_procs import Checker, Server, cpu_seconds, rss_mb  # noqa: E402
-from soak_types import Outage, Plan, Stats  # noqa: E402
+from harness.soak.check import Verdict  # noqa: E402
+from harness.soak.client import DISCONNECTS, Driver  # noqa: E402
+from harness.soak.procs import Checker, Server, cpu_seconds, rss_mb  # noqa: E402
+from harness.soak.types import Outage, Plan, Stats  # noqa: E402
 
 from service._proto.seqpred.v1 import seqpred_pb2 as pb  # noqa: E402
 from service._proto.seqpred.v1 import seqpred_pb2_grpc as pb_grpc  # noqa: E402

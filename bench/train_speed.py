@@ -1,9 +1,9 @@
 """Training speed: our NumPy trainer against PyTorch ``nn.LSTM`` on the same shapes and thread count.
 
 One training step = forward over a [B, T] batch, softmax cross-entropy, full BPTT, global-norm clipping and an
-Adam update; ours is exactly the step ``model.train`` runs: the batch sharded over one core each, shard 0 in
-this process and the others in worker processes (:mod:`model.shard_pool`), each on the LSTM's batch-major
-path (:mod:`model.fast_lstm`). Configurations: V=65, E=64, H=256, L in {1, 2}, B=32, T=64. All variants are
+Adam update; ours is exactly the step ``model.train.loop`` runs: the batch sharded over one core each, shard 0 in
+this process and the others in worker processes (:mod:`model.train.shard_pool`), each on the LSTM's batch-major
+path (:mod:`model.train.fast_lstm`). Configurations: V=65, E=64, H=256, L in {1, 2}, B=32, T=64. All variants are
 timed in alternating rounds (median of rounds) so background load hits them alike.
 
     python bench/train_speed.py            # table
@@ -31,11 +31,12 @@ from contextlib import ExitStack, nullcontext
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from model import network, optim
+from model import network
 from model.config import ModelConfig
 from model.network import Params
-from model.parallel import batch_grads
-from model.shard_pool import open_shards
+from model.train import optim
+from model.train.parallel import batch_grads
+from model.train.shard_pool import open_shards
 
 V, E, H, B, T = 65, 64, 256, 32, 64
 
@@ -43,14 +44,14 @@ V, E, H, B, T = 65, 64, 256, 32, 64
 def ours(
     layers: int, rng: np.random.Generator, stack: ExitStack, threads: int, on: str
 ) -> tuple[Callable[[], None], Callable[[], object]]:
-    """The trainer's own step (model.train): the batch sharded over ``threads`` cores, the shards ``on``
+    """The trainer's own step (model.train.loop): the batch sharded over ``threads`` cores, the shards ``on``
     "processes" (a :class:`ShardPool`, the trainer's default) or "threads", then clip and Adam; and the
     gradient part of it alone (the shards side by side and their combination)."""
     cfg = ModelConfig(cell="lstm", layers=layers, hidden=H, vocab_size=V, embed=E)
     p = network.init_params(cfg, rng)
     x, y = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
     state = network.zero_state(cfg, B)
-    p, grads_of = open_shards(stack, cfg, p, threads, on)  # as model.train sets them up
+    p, grads_of = open_shards(stack, cfg, p, threads, on)  # as model.train.loop sets them up
 
     def grads() -> Params:
         return grads_of(x, y, state, None)[1]
@@ -135,7 +136,7 @@ def main() -> None:
             times: dict[str, list[float]] = {k: [] for k in variants}
             tt: list[float] = []
             for r in range(a.rounds + 1):  # round 0 warms up
-                # our shards run single-threaded BLAS each, as in model.train; PyTorch keeps its own threads
+                # our shards run single-threaded BLAS each, as in model.train.loop; PyTorch keeps its own threads
                 with threadpool_limits(1) if threads > 1 else nullcontext():
                     got = {k: timed(f, a.steps) for k, f in variants.items()}
                 t_torch = timed(theirs, a.steps) if theirs else None

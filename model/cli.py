@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from model.checkpoint import CHECKPOINT, CONFIG, METRICS, VOCAB, load_run, save_config, write_json_atomic
 from model.config import CELLS, SHARDS_ON, ModelConfig
 from model.errors import EXIT_INTERRUPTED, CheckpointError, ConfigError, SeqpredError, report_error
+from model.train.checkpoint import CHECKPOINT, CONFIG, METRICS, VOCAB, load_run, save_config, write_json_atomic
 
 
 def _add_train(sub: Any) -> None:
@@ -88,8 +88,8 @@ def _add_export(sub: Any) -> None:
 SERVICE_COMMANDS = {
     "serve": ("service.cli", "main_serve", "run the gRPC streaming server"),
     "client": ("service.cli", "main_client", "stream text to a server and show its predictions"),
-    "score": ("service.scoring", "main_score", "score sequences offline with sequence.onnx"),
-    "experiment": ("model.experiments", "main_experiment", "run a benchmark experiment (memory, variants)"),
+    "score": ("service.scoring.cli", "main_score", "score sequences offline with sequence.onnx"),
+    "experiment": ("model.experiments.cli", "main_experiment", "run a benchmark experiment (memory, variants)"),
 }
 
 
@@ -106,10 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from model.corpora import load_corpus
-    from model.streams import make_streams
-    from model.tokenizers import make_tokenizer
-    from model.train import TrainConfig, train
+    from model.data.corpora import load_corpus
+    from model.data.streams import make_streams
+    from model.data.tokenizers import make_tokenizer
+    from model.train.loop import TrainConfig, train
 
     tc = TrainConfig(
         corpus=a.corpus,
@@ -188,7 +188,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     finally:
         if bar:
             bar.close()
-    from model.plots import learning_curve
+    from model.train.plots import learning_curve
 
     png = learning_curve(out / METRICS, out / "learning_curve.png")
     val = "n/a" if res.val_nats_per_token is None else f"{res.val_nats_per_token:.4f}"
@@ -228,8 +228,8 @@ class _progress_bar:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from model.corpora import load_corpus
-    from model.evaluate import evaluate, summary
+    from model.data.corpora import load_corpus
+    from model.train.evaluate import evaluate, summary
 
     run = load_run(a.run_dir)
     spec = a.corpus or run.train.get("corpus") or "stdlib"
@@ -250,7 +250,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_sample(a: argparse.Namespace) -> int:
-    from model.evaluate import generate
+    from model.train.evaluate import generate
 
     if a.length < 0:
         raise ConfigError(f"length: must be >= 0, got {a.length}")

@@ -12,7 +12,7 @@ from typing import Any
 
 from model.errors import ConfigError
 
-#: Where the trainer runs a batch's shards (``--shards-on``; see :mod:`model.shard_pool` for the default).
+#: Where the trainer runs a batch's shards (``--shards-on``; see :mod:`model.train.shard_pool` for the default).
 SHARDS_ON = ("processes", "threads")
 
 #: Every cell the model library supports, by its ``--cell`` name.

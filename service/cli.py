@@ -84,7 +84,7 @@ def client_parser(prog: str = "seqpred client") -> argparse.ArgumentParser:
 def _security(args: argparse.Namespace) -> tuple[Any, str | None]:
     """``(channel credentials or None, bearer token or None)`` from the security flags."""
     from service.errors import SettingsError
-    from service.tls import channel_credentials
+    from service.security.tls import channel_credentials
 
     creds = None
     if args.tls or args.ca_file or args.cert_file or args.key_file:
@@ -108,8 +108,8 @@ def main_client(argv: Sequence[str] | None = None, stdin: TextIO | None = None, 
     """``seqpred client --target HOST:PORT [--json] [TEXT]``."""
     import grpc
 
-    from service.client import Client
-    from service.client_types import RequestError
+    from service.client.sync import Client
+    from service.client.types import RequestError
 
     args = client_parser().parse_args(argv)
     out = stdout or sys.stdout
@@ -166,7 +166,7 @@ def _one_shot(client: Any, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _req(text: str, **kw: Any) -> Any:
-    from service.client_types import make_request
+    from service.client.types import make_request
 
     return make_request(text=text, **kw)
 
@@ -186,7 +186,7 @@ def _completion(client: Any, context: str, args: argparse.Namespace) -> str:
 
 
 def _interactive(client: Any, args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
-    from service.client_types import RequestError
+    from service.client.types import RequestError
 
     if stdin.isatty() and out.isatty():
         return _interactive_tty(client, args, stdin, out)
@@ -218,7 +218,7 @@ def _interactive_tty(client: Any, args: argparse.Namespace, stdin: TextIO, out: 
     import termios
     import tty
 
-    from service.client_types import RequestError
+    from service.client.types import RequestError
 
     fd = stdin.fileno()
     saved = termios.tcgetattr(fd)

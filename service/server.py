@@ -1,7 +1,8 @@
 """The server: a factory that wires model, store, batcher, engine and servicer, plus the operational parts.
 
 * ``create_server(settings) -> (server, port)`` binds (port 0 picks a free one) without starting; tests use it.
-* TLS / mutual TLS (:mod:`service.tls`) and bearer-token authentication (:mod:`service.auth`) when configured.
+* TLS / mutual TLS (:mod:`service.security.tls`) and bearer-token authentication (:mod:`service.security.auth`) when
+  configured.
 * ``grpc.health.v1`` health: SERVING once started, NOT_SERVING while draining.
 * server reflection, so ``grpcurl -plaintext HOST:PORT list`` works.
 * Prometheus metrics over HTTP (``--metrics-port``), structured (JSON) logs.
@@ -27,20 +28,20 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from service._proto.seqpred.v1 import seqpred_pb2 as pb
-from service.auth import AuthInterceptor, load_tokens
-from service.batcher import Batcher
-from service.bundle import load_bundle
-from service.durability import DurabilityMetrics, LocalLog
-from service.engine import Engine
+from service.api.servicer import SeqPredServicer, add_to_server
+from service.durability.hooks import Persistence
+from service.durability.local import DurabilityMetrics, LocalLog
+from service.engine.batcher import Batcher
+from service.engine.core import Engine
 from service.errors import ModelLoadError
-from service.memory_store import MemoryStore
 from service.metrics import Metrics
-from service.persistence import Persistence
-from service.runtime import Runtime
-from service.servicer import SeqPredServicer, add_to_server
-from service.sessions import SessionStore
+from service.runtime.bundle import load_bundle
+from service.runtime.onnx_runtime import Runtime
+from service.security.auth import AuthInterceptor, load_tokens
+from service.security.tls import server_credentials
 from service.settings import DEFAULT_MODEL_DIR, Settings
-from service.tls import server_credentials
+from service.store.memory import MemoryStore
+from service.store.sessions import SessionStore
 
 log = logging.getLogger("seqpred.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SeqPred"].full_name
@@ -208,7 +209,7 @@ def make_persistence(settings: Settings, metrics: Metrics, runtime: Runtime, sto
     """The shared store of ``--store redis``, or the durable session log that ``--durability`` asks for (None for
     ``none``)."""
     if settings.store == "redis":
-        from service.redis_persistence import RedisShared
+        from service.durability.redis import RedisShared
 
         return RedisShared.from_settings(settings, runtime, store, metrics.registry)
     if settings.durability == "none":

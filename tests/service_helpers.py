@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from model.checkpoint import load_run
 from model.network import forward, log_softmax, zero_state
+from model.train.checkpoint import load_run
 
 #: The training text: ASCII only, so that e.g. "λ" is outside every test model's vocabulary.
 CORPUS = (

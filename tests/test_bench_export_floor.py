@@ -12,7 +12,7 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 
-from export_floor import floor_sequence_model  # noqa: E402
+from harness.export_floor import floor_sequence_model  # noqa: E402
 
 from model import network  # noqa: E402
 from model.config import ModelConfig  # noqa: E402

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-from serve_report import level_summary, summarize
+from harness.serve.report import level_summary, summarize
 
 
 def _m(tps: float, p50: float) -> dict[str, float]:

@@ -12,11 +12,11 @@ import numpy as np
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 
-from serve_echo import StubEngine, echo_response  # noqa: E402
+from harness.serve.echo import StubEngine, echo_response  # noqa: E402
 
 from service._proto.seqpred.v1 import seqpred_pb2 as pb  # noqa: E402
 from service._proto.seqpred.v1 import seqpred_pb2_grpc as pb_grpc  # noqa: E402
-from service.servicer import SeqPredServicer, add_to_server  # noqa: E402
+from service.api.servicer import SeqPredServicer, add_to_server  # noqa: E402
 
 
 async def _exchange() -> tuple[list[pb.StreamResponse], int]:
@@ -53,12 +53,12 @@ def test_stub_answers_like_the_echo_through_the_services_own_handlers() -> None:
 
 
 def test_floor_engine_answers_with_the_models_own_top_k() -> None:
-    from serve_echo import FloorEngine
+    from harness.serve.echo import FloorEngine
     from service_helpers import tiny_model
 
-    from service.bundle import load_bundle
-    from service.requests import Request
-    from service.runtime import Runtime
+    from service.engine.requests import Request
+    from service.runtime.bundle import load_bundle
+    from service.runtime.onnx_runtime import Runtime
 
     model = tiny_model()
     engine = FloorEngine(str(model))
@@ -75,7 +75,7 @@ def test_floor_engine_answers_with_the_models_own_top_k() -> None:
 
 
 def test_the_load_clients_count_what_they_measure_against_the_stub() -> None:
-    from serve_client import closed_loop, prompt_load
+    from harness.serve.client import closed_loop, prompt_load
 
     async def main() -> tuple[dict[str, float], float]:
         server = grpc.aio.server()

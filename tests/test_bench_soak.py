@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 
-import soak_check as sc  # noqa: E402
+import harness.soak.check as sc  # noqa: E402
 from service_helpers import tiny_model, tiny_run  # noqa: E402
 
 TOL = 1e-4

@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model import network as N
-from model import optim
 from model.cells import get_cell
 from model.cells.clockwork import block_mask, cycle, modules
 from model.config import ModelConfig
+from model.train import optim
 
 TOL = 1e-6
 

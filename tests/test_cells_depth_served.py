@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 from service_helpers import Oracle, assert_runtime_matches_numpy, running_server, train_for
 
-from model.checkpoint import load_run
 from model.export import export_run
-from service.bundle import load_bundle
-from service.client import Client
-from service.runtime import Runtime
+from model.train.checkpoint import load_run
+from service.client.sync import Client
+from service.runtime.bundle import load_bundle
+from service.runtime.onnx_runtime import Runtime
 
 
 def test_trains_exports_runs_and_serves(tmp_path: Path) -> None:

@@ -14,13 +14,13 @@ import pytest
 from service_helpers import CORPUS, assert_runtime_matches_numpy, oracle, running_server, tiny_model, train_for
 
 from model.cells.greff import GREFF_CELLS
-from model.checkpoint import load_run
 from model.config import ModelConfig
 from model.export import export_run
 from model.network import forward, init_params, loss_and_dout, zero_state
-from service.bundle import load_bundle
-from service.client import Client
-from service.runtime import Runtime
+from model.train.checkpoint import load_run
+from service.client.sync import Client
+from service.runtime.bundle import load_bundle
+from service.runtime.onnx_runtime import Runtime
 
 
 def _nats(cfg: ModelConfig, params: dict[str, np.ndarray], ids: np.ndarray) -> float:

@@ -162,7 +162,7 @@ def subcommands() -> set[str]:
 
 #: What ``seqpred serve`` and ``seqpred score`` call; used to run the image's commands while the lead has not yet
 #: wired these sub-commands into model/cli.py (``test_seqpred_wires_serve_and_score`` reports that).
-_FALLBACK = {"serve": ("service.cli", "main_serve"), "score": ("service.scoring", "main_score")}
+_FALLBACK = {"serve": ("service.cli", "main_serve"), "score": ("service.scoring.cli", "main_score")}
 
 
 def seqpred(args: list[str]) -> list[str]:
@@ -189,7 +189,7 @@ def free_port() -> int:
 
 
 def tiny_model_dir() -> Path:
-    from test_scoring import tiny_model
+    from test_scoring_cli import tiny_model
 
     return tiny_model()
 
@@ -269,7 +269,7 @@ def test_compose_ports_match_the_image() -> None:
 
 def test_compose_commands_parse_and_healthcheck_is_the_images() -> None:
     from service.cli import serve_parser
-    from service.scoring import score_parser
+    from service.scoring.cli import score_parser
 
     parsers = {"serve": serve_parser(), "score": score_parser()}
     for name, svc in seqpred_services().items():
@@ -423,7 +423,7 @@ def test_image_installs_every_runtime_dependency() -> None:
             args = [a.strip("\"'") for a in m.group(1).split()]
             declared |= {_dist(a) for a in args if a and not a.startswith(("-", ".", "$"))}
     providers = importlib.metadata.packages_distributions()
-    optional = {"matplotlib"}  # the plot extra: model/plots.py skips the figure without it
+    optional = {"matplotlib"}  # the plot extra: model/train/plots.py skips the figure without it
     for mod in sorted(_third_party_imports() - optional):
         dists = {_dist(d) for d in providers.get(mod, [mod])}
         assert dists & declared, f"module {mod!r} (from {sorted(dists)}) is not installed in the image"
@@ -461,8 +461,8 @@ def test_wheel_holds_everything_the_image_runs(tmp_path: Path) -> None:
         "service/cli.py",
         "service/server.py",
         "service/healthcheck.py",
-        "service/scoring.py",
-        "service/scoring_io.py",
+        "service/scoring/cli.py",
+        "service/scoring/inputs.py",
         "model/cli.py",
         "model/export/sequence.py",
     ]:
@@ -480,7 +480,7 @@ def test_seqpred_wires_serve_and_score() -> None:
     if missing:
         pytest.skip(
             f"model/cli.py does not wire {', '.join('seqpred ' + m for m in missing)} yet: they should call "
-            "service.cli.main_serve and service.scoring.main_score"
+            "service.cli.main_serve and service.scoring.cli.main_score"
         )
     for sub in ("serve", "score"):
         res = subprocess.run([sys.executable, "-m", "model.cli", sub, "--help"], capture_output=True, timeout=60)

@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 from service_helpers import oracle, tiny_model
 
-from service.client import Client
-from service.client_types import RequestError, make_request
+from service.client.sync import Client
+from service.client.types import RequestError, make_request
 
 STARTUP_TIMEOUT = 60.0
 

@@ -9,7 +9,8 @@ import pytest
 
 from model import network as N
 from model.config import CELLS
-from model.experiments_memory import (
+from model.data.tasks import ADDING_BASELINE_MSE
+from model.experiments.memory import (
     MEMORY_CELLS,
     MemoryConfig,
     default_cells,
@@ -20,7 +21,6 @@ from model.experiments_memory import (
     run_one,
     train_run,
 )
-from model.tasks import ADDING_BASELINE_MSE
 
 
 def test_lstm_learns_adding_T10_well_below_baseline() -> None:

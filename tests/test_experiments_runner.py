@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from model.errors import ConfigError
-from model.experiments_runner import (
+from model.experiments.runner import (
     RECORDS_FILE,
     append_record,
     mean_std_text,
@@ -18,7 +18,7 @@ from model.experiments_runner import (
     run_all,
     summarize,
 )
-from model.experiments_variants import VariantsConfig, load_char_data, plan, run_one
+from model.experiments.variants import VariantsConfig, load_char_data, plan, run_one
 
 
 def test_prepare_out_refuses_resumes_and_overwrites(tmp_path: Path) -> None:

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from model.experiments_memory import MemoryConfig, RunResult, plan
-from model.experiments_tables import best_lrs, memory_markdown, variants_markdown, welch
-from model.experiments_variants import VariantResult, VariantsConfig, available_variants
+from model.experiments.memory import MemoryConfig, RunResult, plan
+from model.experiments.tables import best_lrs, memory_markdown, variants_markdown, welch
+from model.experiments.variants import VariantResult, VariantsConfig, available_variants
 
 
 def test_memory_table_has_mean_and_sample_std() -> None:

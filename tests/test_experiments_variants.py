@@ -10,7 +10,7 @@ import pytest
 
 from model.config import CELLS
 from model.errors import DataError
-from model.experiments_variants import (
+from model.experiments.variants import (
     REFERENCE,
     VariantsConfig,
     available_variants,

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from model import network
-from model.checkpoint import VOCAB, save_checkpoint, save_config, write_json_atomic
 from model.config import ModelConfig
+from model.data.tokenizers import CharTokenizer
 from model.errors import CheckpointError, ConfigError
 from model.export import FORMAT_VERSION, export_run, load_model_dir, make_session
-from model.tokenizers import CharTokenizer
+from model.train.checkpoint import VOCAB, save_checkpoint, save_config, write_json_atomic
 
 TEXT = "to be or not to be, that is the question"
 META = {"corpus": "unit-test", "step": 7, "tokens": 1234, "val_nats_per_token": 2.5}

@@ -17,9 +17,9 @@ import pytest
 
 from model import network
 from model.config import CELLS, ModelConfig
+from model.data.tokenizers import CharTokenizer
 from model.export import build_graphs, export_model, load_model_dir, make_session
 from model.export.builder import all_graphs, all_nodes
-from model.tokenizers import CharTokenizer
 
 BOUNDS = {"fp16": (5e-3, 3e-4), "int8": (1.0, 0.02)}  # (max abs per token, |mean change|) in nats
 

@@ -18,11 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from service_helpers import oracle, running_server
 
-from model.evaluate import sample_next
+from model.train.evaluate import sample_next
 from service._proto.seqpred.v1 import seqpred_pb2 as pb
 from service._proto.seqpred.v1 import seqpred_pb2_grpc as pb_grpc
-from service.client_async import AsyncClient
-from service.client_types import make_request
+from service.client.aio import AsyncClient
+from service.client.types import make_request
 
 ATOL = 3e-5
 

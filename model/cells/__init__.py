@@ -1,4 +1,4 @@
-"""Recurrent cells by ``--cell`` name; see :mod:`model.cells.base` for the shared conventions."""
+"""Recurrent cells (pure step math) by ``--cell`` name; see :mod:`model.cells.base`. May import: nonlin, errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ONNX export: a trained run becomes a model directory that onnxruntime serves.
+"""ONNX export: a trained run becomes a model directory that onnxruntime serves. May import: train and below.
 
 Public API::
 
@@ -7,7 +7,8 @@ Public API::
     make_session(path, threads=1) -> onnxruntime.InferenceSession   with the recommended options
 
 Modules, one concept each: ``builder`` (named graph construction), ``weights`` (parameter checks, gate
-groups, the folded embedding), ``cells`` (one step of every cell as explicit ops), ``step`` and ``sequence``
+groups, the folded embedding), ``cells`` (the step dispatcher over ``emitters/``, one module per cell family that
+writes its step as explicit ops), ``step`` and ``sequence``
 (the two graphs), ``signature`` (their interface), ``precision`` (fp16, int8), ``manifest`` (model.json),
 ``export`` (the atomic write), ``runtime`` (session options), ``native`` (reference graphs built from ONNX's
 own LSTM/GRU/RNN operators, for tests and benchmarks only).

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from model.config import ModelConfig
+from model.data.tokenizers import Tokenizer
 from model.errors import CheckpointError, ConfigError
 from model.export.builder import OPSET
 from model.export.manifest import (
@@ -32,7 +33,6 @@ from model.export.precision import convert
 from model.export.sequence import build_sequence
 from model.export.step import build_step
 from model.export.weights import check_params, prepare
-from model.tokenizers import Tokenizer
 
 
 def export_run(
@@ -42,7 +42,7 @@ def export_run(
     *,
     overwrite: bool = False,
 ) -> Path:
-    """Export the run in ``run_dir`` (see :func:`model.checkpoint.load_run`) to the model directory ``out_dir``.
+    """Export the run in ``run_dir`` (see :func:`model.train.checkpoint.load_run`) to the model directory ``out_dir``.
 
     Args:
         run_dir: a training run directory (config.json, checkpoint.npz, vocab.json).
@@ -53,7 +53,7 @@ def export_run(
     Returns the model directory's path. Raises :class:`CheckpointError` for a missing or broken run and
     :class:`ConfigError` for a bad precision, cell or destination; nothing is written at ``out_dir`` then.
     """
-    from model.checkpoint import load_run
+    from model.train.checkpoint import load_run
 
     _check_destination(Path(out_dir), precision, overwrite)
     run = load_run(run_dir)

@@ -24,9 +24,9 @@ from typing import Any
 import onnx
 
 from model.config import ModelConfig
+from model.data.tokenizers import Tokenizer, tokenizer_from_dict
 from model.errors import CheckpointError, SeqpredError
 from model.export.signature import StateTensor, state_tensors
-from model.tokenizers import Tokenizer, tokenizer_from_dict
 
 #: Bump when the graph interface or the manifest layout changes incompatibly.
 FORMAT_VERSION = 1

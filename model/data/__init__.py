@@ -1,0 +1,1 @@
+"""Data: tokenizers, corpora, synthetic tasks, token streams. May import: model.errors."""

@@ -1,0 +1,7 @@
+"""The client library (blocking, asyncio) and its result types. May import: service._proto only."""
+
+from service.client.aio import AsyncClient, AsyncSession
+from service.client.sync import Client, Session
+from service.client.types import Prediction, RequestError, Result, SequenceScore
+
+__all__ = ["AsyncClient", "AsyncSession", "Client", "Prediction", "RequestError", "Result", "SequenceScore", "Session"]

@@ -1,0 +1,1 @@
+"""The model on onnxruntime: bundle, inference sessions, per-slot state. May import: model, cross-cutting."""

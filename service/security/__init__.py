@@ -1,0 +1,1 @@
+"""Authentication (bearer tokens, principals) and TLS credentials. May import: cross-cutting modules only."""

@@ -1,0 +1,1 @@
+"""Session stores: interface, in-memory, Redis, state codec. May import: runtime, cross-cutting modules."""
