@@ -43,7 +43,7 @@ from model.train import optim
 from model.train.evaluate import evaluate
 
 #: The default corpus: tinyshakespeare next to the repository (present in the development tree only).
-DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+DEFAULT_CORPUS = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare.txt"
 #: Streams and window length of the validation pass (wider batches and longer windows only save Python
 #: overhead: the state is carried, and only each stream's first character goes unscored).
 EVAL_BATCH, EVAL_SEQ_LEN = 64, 256
