@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PORT   ?= 50051
 
-.PHONY: install run train-demo test test-slow lint typecheck proto proto-check bench soak docker clean redis-server
+.PHONY: install run train-demo test test-slow lint typecheck proto proto-check bench soak docker clean redis-server nginx
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,7 +35,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
-test: lint typecheck redis-server
+test: lint typecheck redis-server nginx
 	$(PY) -m pytest
 
 # The shared-store tests start their own redis-server (Debian's package); installed here when missing (needs root
@@ -46,6 +46,16 @@ redis-server:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server; } \
 	    >/dev/null 2>&1 || echo "warning: could not install redis-server; the shared-store tests will be skipped"; \
+	}
+
+# The balancer test (tests/test_deploy_nginx.py) runs Debian's nginx in front of two replicas; installed here when
+# missing, like redis-server (the test skips and says why when nginx cannot be had).
+nginx:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
+	  echo "installing nginx (apt-get) for the balancer test"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx-light; } \
+	    >/dev/null 2>&1 || echo "warning: could not install nginx; the balancer test will be skipped"; \
 	}
 
 test-slow: $(STAMP)

@@ -286,9 +286,9 @@ def test_compose_shared_profile_runs_two_replicas_on_one_redis() -> None:
     from service import settings
 
     s = services()
-    assert set(seqpred_services()) == set(s) - {"redis"}
+    assert set(seqpred_services()) == set(s) - {"redis", "lb"}
     redis = s["redis"]
-    assert redis["profiles"] == ["shared"] and redis["image"].startswith("redis:")
+    assert redis["profiles"] == ["shared", "scale"] and redis["image"].startswith("redis:")
     assert redis["command"][0] == "redis-server" and "ping" in redis["healthcheck"]["test"]
     assert "ports" not in redis  # reachable by the replicas only
     (data,) = [c for _, c, _ in volumes(redis)]
@@ -303,12 +303,33 @@ def test_compose_shared_profile_runs_two_replicas_on_one_redis() -> None:
             assert "redis" not in svc.get("depends_on", {}), name
             continue
         replicas.append(name)
-        assert svc["profiles"] == ["shared"]
+        assert svc["profiles"] == ["shared", "scale"]
         assert cfg.redis_url == "redis://redis:6379/0"  # the compose service's name and port
         assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
         (port,) = svc["ports"]
         host_ports.add(interpolate(port).split(":")[0])
     assert len(replicas) == 2 and len(host_ports) == 2, (replicas, host_ports)
+
+
+def test_compose_scale_profile_puts_nginx_with_the_tested_config_before_the_replicas() -> None:
+    """Profile ``scale``: the shared profile's redis and replicas, and ``lb`` (nginx) running
+    deploy/nginx/seqpred.conf (the file tests/test_deploy_nginx.py runs), whose upstreams are the replicas."""
+    s = services()
+    lb = s["lb"]
+    assert lb["profiles"] == ["scale"] and lb["image"].startswith("nginx:")
+    (mount,) = volumes(lb)
+    host, container, ro = mount
+    assert ro and (ROOT / host).resolve() == ROOT / "deploy" / "nginx" / "seqpred.conf"
+    assert f"-c {container}" in " ".join(lb["command"])
+    conf = (ROOT / host).read_text()
+    upstreams = re.findall(r"^\s*server (\S+):(\d+)", conf, re.M)
+    replicas = {n for n, svc in s.items() if "scale" in svc.get("profiles", []) and n not in ("lb", "redis")}
+    assert {name for name, _ in upstreams} == replicas == set(lb["depends_on"])
+    for name, port in upstreams:
+        assert int(port) == 50051 and s[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+    (listen,) = re.findall(r"listen (\d+) http2;", conf)
+    (published,) = lb["ports"]
+    assert interpolate(published).split(":")[1] == listen
 
 
 def test_compose_score_job_reads_the_mounted_model_and_folder() -> None:
