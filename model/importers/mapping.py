@@ -31,10 +31,10 @@ from model.importers.spec import ImportedNet, RecurrentLayer
 def cell_of(net: ImportedNet) -> str:
     """The one cell of every layer (see the module docstring); mixed layers are refused naming one."""
     first = net.layers[0]
-    for layer in net.layers[1:]:
+    for l, layer in enumerate(net.layers[1:], start=1):
         if layer.op != first.op:
             raise ConfigError(
-                f"{layer.source}: a {layer.op} layer above a {first.op} layer; seqpred uses one cell for all layers"
+                f"{layer.source}: layer {l} is {layer.op}, layer 0 is {first.op}; seqpred uses one cell for all layers"
             )
         if layer.linear_before_reset != first.linear_before_reset:
             raise ConfigError(

@@ -61,8 +61,8 @@ def read_model(path: Path) -> tuple[onnx.ModelProto, str]:
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"model: {str(path)!r} fails onnx.checker: {first}") from None
+        text = " ".join(str(e).split()) or type(e).__name__
+        raise ConfigError(f"model: {str(path)!r} fails onnx.checker: {text[:300]}") from None
     return model, hashlib.sha256(data).hexdigest()
 
 

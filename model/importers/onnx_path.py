@@ -23,10 +23,27 @@ def served_output(g: Graph) -> str:
     """The one graph output computed from a recurrent node's per-step output ``Y``."""
     found = [o for o in g.outputs if reads_y(g, o)]
     if not found:
+        for o in g.outputs:  # an output computed (not just gathered) from a final state: say which node and why
+            if any(n.op_type in AFFINE_OPS for n in _ancestors(g, o)):
+                chain_of(g, o)
         raise ConfigError("model: no graph output is computed from the Y output of an LSTM, GRU or RNN node")
     if len(found) > 1:
         raise ConfigError(f"model: graph outputs {', '.join(map(repr, found))} all read Y; seqpred serves one")
     return found[0]
+
+
+def _ancestors(g: Graph, name: str) -> list[onnx.NodeProto]:
+    seen: set[str] = set()
+    out, todo = [], [name]
+    while todo:
+        t = todo.pop()
+        node = g.producer.get(t)
+        if node is None or t in seen:
+            continue
+        seen.add(t)
+        out.append(node)
+        todo.extend(i for i in node.input if i)
+    return out
 
 
 def reads_y(g: Graph, name: str) -> bool:

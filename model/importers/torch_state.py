@@ -121,9 +121,7 @@ def _recurrent_keys(rel: dict[str, np.ndarray], layers: int, prefix: str) -> tup
                 extra.append(prefix + key)
             continue
         if m["rev"]:
-            raise ConfigError(
-                f"state: key {prefix + key!r} belongs to a bidirectional layer; seqpred imports forward ones"
-            )
+            raise ConfigError(f"state: key {prefix + key!r} is a bidirectional layer's; seqpred imports forward ones")
         if m["kind"] == "weight_hr":
             raise ConfigError(f"state: key {prefix + key!r} is a projection (proj_size); seqpred has no cell for it")
         mod = f"{m['mod']}." if m["mod"] else ""
@@ -200,7 +198,7 @@ def _load(path: Path) -> tuple[dict[str, np.ndarray], str]:
         from safetensors.numpy import load
     except ImportError:
         raise ConfigError(
-            "state: reading safetensors needs the safetensors package: pip install 'seqpred[import]'"
+            "state: reading safetensors needs the package safetensors: pip install 'seqpred[import]'"
         ) from None
     try:
         tensors = load(data)
