@@ -47,12 +47,12 @@ class ListTokenizer(Tokenizer):
     def vocab_size(self) -> int:
         return len(self._tokens)
 
-    def split(self, text: str) -> list[str]:
+    def split(self, text: str, limit: int | None = None) -> list[str]:
         """The pieces ``text`` encodes as: the longest known token at each position, else one character (an
-        unknown one); ``"".join(split(text)) == text``."""
+        unknown one); ``"".join(split(text)) == text``. ``limit``: stop after that many pieces."""
         pieces: list[str] = []
         index, pos, n = self._index, 0, len(text)
-        while pos < n:
+        while pos < n and (limit is None or len(pieces) < limit):
             for size in range(min(self._longest, n - pos), 0, -1):
                 if text[pos : pos + size] in index:
                     break
@@ -61,9 +61,9 @@ class ListTokenizer(Tokenizer):
         return pieces
 
     def count_at_most(self, text: str, limit: int) -> int:
-        """``min(len(split(text)), limit + 1)`` (a length check for huge texts; each token has >= 1 character,
-        so a text of at most ``limit`` characters is within the limit without splitting)."""
-        return len(text) if len(text) <= limit else min(len(self.split(text)), limit + 1)
+        """``min(len(split(text)), limit + 1)``, splitting no more of ``text`` than that takes (a cheap length
+        check for huge texts)."""
+        return len(self.split(text, limit + 1))
 
     def encode(self, text: str) -> IdArray:
         ids: list[int] = []
