@@ -26,7 +26,8 @@ class Ax:
 
     @property
     def unit(self) -> bool:
-        return self.size == 1
+        """A unit axis (``num_directions``, an ``Unsqueeze``); an input axis traced at size 1 is not one."""
+        return self.name == "1"
 
 
 UNIT = Ax("1", 1)
@@ -83,38 +84,60 @@ def unsqueeze(g: Graph, node: onnx.NodeProto, tags: list[Ax]) -> list[Ax]:
 
 
 def reshape(g: Graph, node: onnx.NodeProto, tags: list[Ax]) -> list[Ax]:
-    """A constant-shape Reshape that only adds or removes unit axes, or merges neighbouring input axes (time and
-    batch) into one; anything else (splitting axes, mixing features with time) is refused."""
+    """A constant-shape Reshape that keeps the data axes (input axes, features) in order, adding or removing unit
+    axes, or merging neighbouring input axes (time and batch) into one (``-1``); anything else (splitting axes,
+    mixing features with time) is refused. An entry 1 takes an input axis of traced size 1 (an exporter that saw
+    B = 1 writes the batch axis as 1) where one comes next, else it is a unit axis."""
     label = node_label(node)
     shape = int_list(g.need_const(node, 1, "shape"))
     allowzero = attrs(node).get("allowzero", 0)
-    big = [t for t in tags if not t.unit]  # the axes that carry data, in order
-    if shape.count(-1) > 1 or (allowzero and 0 in shape) or any(v == 0 and k >= len(tags) for k, v in enumerate(shape)):
+    if shape.count(-1) > 1 or min(shape, default=0) < -1 or (allowzero and 0 in shape):
         raise ConfigError(f"{label}: input shape {shape} is not a reshape seqpred can follow")
-    # how many data axes each entry takes: a copied axis (0) or a size > 1 takes one, -1 takes the rest
-    takes = [0 if (v == 1 or (v == 0 and tags[k].unit)) else 1 for k, v in enumerate(shape)]
-    if -1 in shape:
-        k = shape.index(-1)
-        takes[k] = len(big) - (sum(takes) - 1)
-    if sum(takes) != len(big) or min(takes) < 0:
-        raise ConfigError(f"{label}: input shape {shape} changes axes of the mapped tensor {describe(tags, {})}")
-    out: list[Ax] = []
-    pos = 0
-    for k, (v, n) in enumerate(zip(shape, takes, strict=True)):
-        part = big[pos : pos + n]
-        pos += n
-        if n == 0:
-            out.append(UNIT)
-            continue
-        if v == 0 and tags[k] != part[0]:
-            raise ConfigError(f"{label}: input shape {shape} copies axis {k} to another place")
-        if n == 1:
-            ax = part[0]
-            if v > 1 and ax.size != v:
-                raise ConfigError(f"{label}: input shape {shape} gives axis {k} size {v}, it has {ax.size}")
-            out.append(ax)
-            continue
-        if any(a.name == "F" for a in part):
-            raise ConfigError(f"{label}: input shape {shape} merges the feature axis with another axis")
-        out.append(Ax("*".join(a.name for a in part), None))
-    return out
+    data = [t for t in tags if not t.unit]  # the axes that carry data, in order
+    neg = shape.index(-1) if -1 in shape else len(shape)
+    i, j = 0, len(data)  # data[i:j]: not placed yet
+
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"{label}: input shape {shape} {why} of the mapped tensor {describe(tags, {})}")
+
+    def place(k: int, v: int, at: int) -> tuple[Ax, int]:
+        """The axis entry ``k`` (value ``v``) becomes, and how many data axes it takes (0 or 1) from ``data[at]``."""
+        nxt = data[at] if i <= at < j else None
+        if v == 0:
+            if k >= len(tags):
+                raise bad(f"copies axis {k}, which is not one")
+            if tags[k].unit:
+                return UNIT, 0
+            if nxt != tags[k]:
+                raise bad(f"moves axis {k}")
+            return tags[k], 1
+        if v == 1:
+            return (nxt, 1) if nxt is not None and nxt.size == 1 else (UNIT, 0)
+        if nxt is None or nxt.size not in (None, v):
+            raise bad(f"gives axis {k} size {v}, which changes the axes")
+        return nxt, 1
+
+    left: list[Ax] = []
+    for k in range(neg):
+        ax, n = place(k, shape[k], i)
+        left.append(ax)
+        i += n
+    right: list[Ax] = []
+    for k in range(len(shape) - 1, neg, -1):
+        ax, n = place(k, shape[k], j - 1)
+        right.insert(0, ax)
+        j -= n
+    if neg == len(shape):
+        if i != j:
+            raise bad("drops axes")
+        return left + right
+    middle = data[i:j]
+    if len(middle) > 1 and any(a.name == "F" for a in middle):
+        raise bad("merges the feature axis with another axis")
+    if not middle:
+        merged = UNIT
+    elif len(middle) == 1:
+        merged = middle[0]
+    else:
+        merged = Ax("*".join(a.name for a in middle), None)
+    return [*left, merged, *right]
