@@ -35,6 +35,10 @@ class Spec:
     head: str = "matmul"  # "matmul" (MatMul + Add) or "gemm" (Reshape to 2-D, Gemm)
     final: str = ""  # "", "LogSoftmax" or "Softmax"
     attrs: dict[str, Any] = field(default_factory=dict)  # extra attributes on every recurrent node
+    time_major: bool = False  # x is [T, B] ([T, B, X]) and y [T, B, V]: no transposes
+    layout: int = 0  # 1: the recurrent nodes read [B, T, .] themselves (onnxruntime refuses it: onnx.reference)
+    between: bool = False  # a MatMul + Add projection between stacked layers
+    glue: bool = False  # Dropout, Cast, Unsqueeze + Squeeze after the input
     seed: int = 0
 
     @property
@@ -58,10 +62,11 @@ def build(s: Spec, full_check: bool = True) -> onnx.ModelProto:
         inits.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
+    bt = ["T", "B"] if s.time_major else ["B", "T"]
     inputs = [
-        helper.make_tensor_value_info("x", TensorProto.INT64, ["B", "T"])
+        helper.make_tensor_value_info("x", TensorProto.INT64, bt)
         if s.token
-        else helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", s.E])
+        else helper.make_tensor_value_info("x", TensorProto.FLOAT, [*bt, s.E])
     ]
     outputs = []
     if s.token:
@@ -70,14 +75,29 @@ def build(s: Spec, full_check: bool = True) -> onnx.ModelProto:
     else:
         x = "x"
     X = s.E
+    if s.glue:
+        ratio = const("drop_ratio", np.array(0.3, np.float32))
+        nodes.append(helper.make_node("Dropout", [x, ratio], ["g1"], name="dropout"))
+        nodes.append(helper.make_node("Cast", ["g1"], ["g2"], name="cast", to=TensorProto.FLOAT))
+        nodes.append(helper.make_node("Unsqueeze", ["g2", const("ax0", np.array([0]))], ["g3"], name="unsq"))
+        nodes.append(helper.make_node("Squeeze", ["g3", "ax0"], ["g4"], name="sq"))
+        x = "g4"
     if s.proj:
         P = 6
         nodes.append(helper.make_node("MatMul", [x, const("proj_W", _w(rng, X, P))], ["pm"], name="proj"))
         nodes.append(helper.make_node("Add", ["pm", const("proj_b", _w(rng, P))], ["pa"], name="proj_bias"))
         x, X = "pa", P
-    nodes.append(helper.make_node("Transpose", [x], ["xt"], name="to_time_major", perm=[1, 0, 2]))
-    x = "xt"
+    if not s.time_major and not s.layout:
+        nodes.append(helper.make_node("Transpose", [x], ["xt"], name="to_time_major", perm=[1, 0, 2]))
+        x = "xt"
+    state_shape: list[Any] = ["B", 1, s.H] if s.layout else [1, "B", s.H]
     for l in range(s.layers):
+        if s.between and l > 0:
+            nodes.append(helper.make_node("MatMul", [x, const(f"mid_W{l}", _w(rng, X, 4))], [f"mm{l}"], name=f"mid{l}"))
+            nodes.append(
+                helper.make_node("Add", [f"mm{l}", const(f"mid_b{l}", _w(rng, 4))], [f"ma{l}"], name=f"mid_b{l}")
+            )
+            x, X = f"ma{l}", 4
         ins = [
             x,
             const(f"W{l}", _w(rng, 1, G * s.H, X)),
@@ -86,37 +106,41 @@ def build(s: Spec, full_check: bool = True) -> onnx.ModelProto:
             "",
             f"h{l}",
         ]
-        inputs.append(helper.make_tensor_value_info(f"h{l}", TensorProto.FLOAT, [1, "B", s.H]))
+        inputs.append(helper.make_tensor_value_info(f"h{l}", TensorProto.FLOAT, state_shape))
         outs = ["Y", "Y_h", "Y_c"][: 3 if s.has_c else 2]
         outs = [f"{o}{l}" for o in outs]
-        outputs.append(helper.make_tensor_value_info(f"Y_h{l}", TensorProto.FLOAT, [1, "B", s.H]))
+        outputs.append(helper.make_tensor_value_info(f"Y_h{l}", TensorProto.FLOAT, state_shape))
         if s.has_c:
             ins.append(f"c{l}")
-            inputs.append(helper.make_tensor_value_info(f"c{l}", TensorProto.FLOAT, [1, "B", s.H]))
-            outputs.append(helper.make_tensor_value_info(f"Y_c{l}", TensorProto.FLOAT, [1, "B", s.H]))
+            inputs.append(helper.make_tensor_value_info(f"c{l}", TensorProto.FLOAT, state_shape))
+            outputs.append(helper.make_tensor_value_info(f"Y_c{l}", TensorProto.FLOAT, state_shape))
             if s.peephole:
                 ins.append(const(f"P{l}", _w(rng, 1, 3 * s.H)))
         attrs = dict(hidden_size=s.H, **s.attrs)
         if s.lbr is not None:
             attrs["linear_before_reset"] = s.lbr
+        if s.layout:
+            attrs["layout"] = 1
         nodes.append(helper.make_node(s.op, ins, outs, name=f"rnn{l}", **attrs))
-        axis1 = const(f"axis1_{l}", np.array([1]))
+        axis1 = const(f"axis1_{l}", np.array([2 if s.layout else 1]))
         nodes.append(helper.make_node("Squeeze", [outs[0], axis1], [f"y{l}"], name=f"sq{l}"))
         x, X = f"y{l}", s.H
     Wh, bh = _w(rng, s.H, s.V), _w(rng, s.V)
     if s.head == "gemm":  # [T, B, H] -> [T*B, H] -> Gemm(transB) -> [T*B, V]
         nodes.append(helper.make_node("Reshape", [x, const("flat", np.array([-1, s.H]))], ["flat_y"], name="flatten"))
         gemm_ins = ["flat_y", const("head_W", Wh.T.copy()), const("head_b", bh)]
-        nodes.append(helper.make_node("Gemm", gemm_ins, ["z"], name="head", transB=1))
-    else:  # back to batch-major, then MatMul + Add
-        nodes.append(helper.make_node("Transpose", [x], ["yb"], name="to_batch_major", perm=[1, 0, 2]))
-        nodes.append(helper.make_node("MatMul", ["yb", const("head_W", Wh)], ["zm"], name="head"))
+        nodes.append(helper.make_node("Gemm", gemm_ins, ["z"], name="head", transB=1, alpha=0.5, beta=2.0))
+    else:  # back to batch-major (unless time-major or layout 1), then MatMul + Add
+        if not s.time_major and not s.layout:
+            nodes.append(helper.make_node("Transpose", [x], ["yb"], name="to_batch_major", perm=[1, 0, 2]))
+            x = "yb"
+        nodes.append(helper.make_node("MatMul", [x, const("head_W", Wh)], ["zm"], name="head"))
         nodes.append(helper.make_node("Add", ["zm", const("head_b", bh)], ["z"], name="head_bias"))
     if s.final:
         nodes.append(helper.make_node(s.final, ["z"], ["y"], name="final", axis=-1))
     else:
         nodes.append(helper.make_node("Identity", ["z"], ["y"], name="out"))
-    y_shape: list[Any] = ["N", s.V] if s.head == "gemm" else ["B", "T", s.V]
+    y_shape: list[Any] = ["N", s.V] if s.head == "gemm" else [*bt, s.V]
     outputs.insert(0, helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape))
     graph = helper.make_graph(nodes, "source", inputs, outputs, initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -139,16 +163,35 @@ def as_logprobs(y: np.ndarray, final: str) -> np.ndarray:
 def run_source(model: onnx.ModelProto, s: Spec, x: np.ndarray, chunks: list[int]) -> np.ndarray:
     """The source model over ``x`` (``[B, T]`` or ``[B, T, X]``) fed in chunks of the given lengths, its state
     carried from one call to the next; returns the outputs ``[B, T, V]`` (batch-major)."""
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     B = x.shape[0]
-    state = {f"{k}{l}": np.zeros((1, B, s.H), np.float32) for l in range(s.layers) for k in ("hc" if s.has_c else "h")}
-    names = [o.name for o in sess.get_outputs()]
+    if s.layout:  # onnxruntime's recurrent kernels refuse layout=1
+        from onnx.reference import ReferenceEvaluator
+
+        ref = ReferenceEvaluator(model)
+        names = list(ref.output_names)
+
+        def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            return list(ref.run(None, feeds))
+    else:
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+
+        def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            return list(sess.run(None, feeds))
+
+    shape = (B, 1, s.H) if s.layout else (1, B, s.H)
+    state = {f"{k}{l}": np.zeros(shape, np.float32) for l in range(s.layers) for k in ("hc" if s.has_c else "h")}
     ys, t = [], 0
     for n in chunks:
-        res = dict(zip(names, sess.run(None, {"x": x[:, t : t + n], **state}), strict=True))
+        xc = x[:, t : t + n]
+        if s.time_major:
+            xc = np.ascontiguousarray(xc.swapaxes(0, 1))
+        res = dict(zip(names, run({"x": xc, **state}), strict=True))
         y = res["y"]
         if s.head == "gemm":
-            y = y.reshape(n, B, -1).transpose(1, 0, 2)
+            y = y.reshape((B, n, -1) if s.layout else (n, B, -1))
+        if s.time_major or (s.head == "gemm" and not s.layout):
+            y = y.swapaxes(0, 1)
         ys.append(y)
         state = {k: res[f"Y_{k[0]}{k[1:]}"] for k in state}
         t += n

@@ -107,6 +107,18 @@ def gru_above_rnn(g: onnx.GraphProto) -> None:
     add_init(g, "B1", np.zeros((1, 30), np.float32))
 
 
+def narrower_top_layer(g: onnx.GraphProto) -> None:
+    """Layer 1 with H = 3 over layer 0's H = 5 (and a head that reads 3 features)."""
+    node(g, "rnn1").attribute[0].i = 3  # hidden_size
+    for t in list(g.initializer):
+        if t.name in ("W1", "R1", "B1", "head_W"):
+            g.initializer.remove(t)
+    add_init(g, "W1", np.zeros((1, 12, 5), np.float32))
+    add_init(g, "R1", np.zeros((1, 12, 3), np.float32))
+    add_init(g, "B1", np.zeros((1, 24), np.float32))
+    add_init(g, "head_W", np.zeros((3, 7), np.float32))
+
+
 def mixed_gru_forms(g: onnx.GraphProto) -> None:
     node(g, "rnn1").attribute.append(helper.make_attribute("linear_before_reset", 1))
 
@@ -184,6 +196,12 @@ ONNX_REFUSALS = {
         Spec(op="RNN", layers=2),
         gru_above_rnn,
         "node 'rnn1' (GRU): layer 1 is GRU, layer 0 is RNN; seqpred uses one cell for all layers",
+    ),
+    "mixed-hidden-sizes": (
+        Spec(layers=2),
+        narrower_top_layer,
+        "node 'rnn1' (LSTM): attribute hidden_size is 3, the layer below has 5; seqpred uses one hidden size for all "
+        "layers",
     ),
     "mixed-gru-forms": (
         Spec(op="GRU", layers=2),

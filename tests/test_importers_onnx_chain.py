@@ -1,7 +1,8 @@
 """``seqpred import onnx`` exactness: every supported operator configuration, built with ``onnx.helper`` and
 random weights, scores within 1e-5 of onnxruntime running the original file, over sequences fed in several
 chunks with the state carried between calls (the source's state by hand, seqpred's through its graphs), for
-B = 1 and B = 3; through ``step.onnx`` one token at a time and ``sequence.onnx`` chunk by chunk."""
+B = 1 and B = 3; through ``step.onnx`` one token at a time and ``sequence.onnx`` chunk by chunk. (``layout=1``
+sources run on ``onnx.reference``: onnxruntime's recurrent kernels refuse that layout.)"""
 
 from __future__ import annotations
 
@@ -33,6 +34,12 @@ CONFIGS = {
     "embedding-then-projection": (Spec(op="LSTM", proj=True, head="gemm", final="LogSoftmax"), "lstm"),
     "real-valued-projection": (Spec(op="LSTM", token=False, proj=True, layers=2), "lstm"),
     "real-valued-gru-lbr1": (Spec(op="GRU", token=False, lbr=1), "gru-lbr"),
+    "time-major-input": (Spec(op="LSTM", time_major=True, layers=2, head="gemm"), "lstm"),
+    "real-valued-time-major": (Spec(op="RNN", token=False, time_major=True), "rnn"),
+    "projection-between-layers": (Spec(op="GRU", lbr=1, layers=2, between=True, final="Softmax"), "gru-lbr"),
+    "dropout-cast-unsqueeze-squeeze": (Spec(op="LSTM", glue=True, proj=True), "lstm"),
+    "layout-1-rnn": (Spec(op="RNN", layout=1, layers=2), "rnn"),
+    "layout-1-lstm-gemm": (Spec(op="LSTM", layout=1, head="gemm", final="LogSoftmax"), "lstm"),
 }
 
 
@@ -79,7 +86,9 @@ def test_the_cell_and_the_provenance(imported: dict[str, tuple[Spec, onnx.ModelP
     m = imp["mapping"]
     assert m["cell"] == md.config.cell
     assert [layer["node"] for layer in m["layers"]] == [f"rnn{l}" for l in range(spec.layers)]
-    assert m["input"] == {"name": "x", "axes": ["batch", "time"] + ([] if spec.token else ["features"])}
+    order = ["time", "batch"] if spec.time_major else ["batch", "time"]
+    assert m["input"] == {"name": "x", "axes": order + ([] if spec.token else ["features"])}
+    assert [layer["layout"] for layer in m["layers"]] == [spec.layout] * spec.layers
     assert m["source_output"] == (
         {"LogSoftmax": "log_softmax", "Softmax": "softmax"}.get(spec.final) or ("logits" if spec.token else "linear")
     )
@@ -115,3 +124,33 @@ def test_a_zero_initial_state_written_by_shape_ops_imports(tmp_path: Path) -> No
     x = np.random.default_rng(0).integers(0, spec.V, (2, 6))
     y = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[0]
     assert np.abs(run_step(out, x) - as_logprobs(y, "")).max() < TOL
+
+
+def test_weights_an_exporter_left_unfolded_are_evaluated(tmp_path: Path) -> None:
+    """``torch.onnx.export`` leaves large weights as ``Slice``/``Concat``/``Unsqueeze`` of the parameters (PyTorch's
+    gate order regrouped into ONNX's); the importer evaluates such constant subgraphs."""
+    spec = Spec(op="LSTM")
+    model = build(spec)
+    g = model.graph
+    W = next(t for t in g.initializer if t.name == "W0")
+    w = numpy_helper.to_array(W)[0]  # [4H, X], gates i, o, f, c
+    H = spec.H
+    torch_order = np.concatenate([w[:H], w[2 * H : 3 * H], w[3 * H :], w[H : 2 * H]])  # i, f, g, o
+    g.initializer.remove(W)
+    for name, value in (("param", torch_order), ("ax0", [0]), *((f"s{k}", [k * H]) for k in range(5))):
+        g.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+    blocks = [helper.make_node("Slice", ["param", f"s{k}", f"s{k + 1}", "ax0"], [f"blk{k}"]) for k in range(4)]
+    fold = [
+        *blocks,
+        helper.make_node("Concat", ["blk0", "blk3", "blk1", "blk2"], ["W0_2d"], axis=0),  # back to i, o, f, c
+        helper.make_node("Unsqueeze", ["W0_2d", "ax0"], ["W0"]),
+    ]
+    for n in reversed(fold):
+        g.node.insert(0, n)
+    onnx.checker.check_model(model, full_check=True)
+    src = tmp_path / "unfolded.onnx"
+    onnx.save(model, src)
+    out = import_onnx(src, tmp_path / "m")
+    x = np.random.default_rng(0).integers(0, spec.V, (2, 7))
+    ref = as_logprobs(run_source(model, spec, x, [3, 4]), spec.final)
+    assert np.abs(run_step(out, x) - ref).max() < TOL

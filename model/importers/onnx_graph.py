@@ -90,16 +90,61 @@ class Graph:
         self.inputs = [v for v in g.input if v.name not in self.consts]
         self.input_names = {v.name for v in self.inputs}
         self.outputs = [v.name for v in g.output]
+        self.opset_import = list(model.opset_import)
+        self._constant: dict[str, bool] = {}
+        self._folded: dict[str, np.ndarray | None] = {}
+
+    def is_constant(self, name: str) -> bool:
+        """True when tensor ``name`` depends on no graph input (and on no random op): its value is fixed."""
+        if name in self.consts:
+            return True
+        if name not in self._constant:
+            node = self.producer.get(name)
+            ok = node is not None and not node.op_type.startswith(("Random", "Bernoulli", "Multinomial"))
+            self._constant[name] = False  # a cycle (invalid graph) reads as computed
+            self._constant[name] = ok and all(self.is_constant(i) for i in node.input if i)  # type: ignore[union-attr]
+        return self._constant[name]
 
     def const(self, name: str) -> np.ndarray | None:
-        """The value of tensor ``name`` if it is a constant (an initializer, a ``Constant`` node's output, or
-        an ``Identity`` of one), else None."""
-        while name not in self.consts:
-            node = self.producer.get(name)
-            if node is None or node.op_type != "Identity":
-                return None
-            name = node.input[0]
-        return self.consts[name]
+        """The value of tensor ``name`` if it is a constant, else None: an initializer, a ``Constant`` node's
+        output, or computed from those alone (exporters leave weights as ``Slice``/``Concat``/``Unsqueeze`` of
+        the parameters when they are too large to fold; evaluated here with ``onnx.reference``)."""
+        if name in self.consts:
+            return self.consts[name]
+        if not name or not self.is_constant(name):
+            return None
+        if name not in self._folded:
+            self._folded[name] = self._fold(name)
+        return self._folded[name]
+
+    def _fold(self, name: str) -> np.ndarray | None:
+        from onnx.reference import ReferenceEvaluator
+
+        order = {id(n): k for k, n in enumerate(self.nodes)}
+        needed: dict[int, onnx.NodeProto] = {}
+        todo = [name]
+        while todo:
+            t = todo.pop()
+            node = self.producer.get(t)
+            if t in self.consts or node is None or id(node) in needed:
+                continue
+            needed[id(node)] = node
+            todo.extend(i for i in node.input if i)
+        nodes = sorted(needed.values(), key=lambda n: order[id(n)])
+        used = {i for n in nodes for i in n.input if i in self.consts}
+        graph = onnx.helper.make_graph(
+            nodes,
+            "fold",
+            [],
+            [onnx.helper.make_empty_tensor_value_info(name)],
+            initializer=[numpy_helper.from_array(np.asarray(self.consts[k]), k) for k in sorted(used)],
+        )
+        model = onnx.helper.make_model(graph, opset_imports=self.opset_import)
+        try:
+            values: Any = ReferenceEvaluator(model).run(None, {})
+        except Exception:  # an op the reference evaluator lacks: treat the tensor as computed
+            return None
+        return np.asarray(values[0])
 
     def need_const(self, node: onnx.NodeProto, index: int, what: str) -> np.ndarray:
         """Input ``index`` of ``node`` as a constant; a computed (or missing) one is refused naming ``what``."""

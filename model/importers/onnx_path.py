@@ -120,6 +120,8 @@ def check_off_path(g: Graph, chain: list[onnx.NodeProto], start: str, main: str)
         label = node_label(node)
         if node.op_type in RECURRENT_OPS:
             raise ConfigError(f"{label}: not on the path from the model input to its served output")
+        if all(g.is_constant(o) for o in node.output if o):
+            continue  # computes a constant (weights an exporter did not fold): read through Graph.const
         if node.op_type not in GLUE_OPS:
             raise ConfigError(
                 f"{label}: operator {node.op_type} is neither on the served path nor state plumbing seqpred maps"
