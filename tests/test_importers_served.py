@@ -118,3 +118,17 @@ def test_seqpred_score_on_imported_models(models: dict[str, Any]) -> None:
         f"{data}:2: text: this model has no vocabulary (imported without --vocab); send token ids instead of text"
         in err
     )
+
+
+def test_an_imported_models_sessions_survive_a_restart(models: dict[str, Any], tmp_path: Path) -> None:
+    """Durability works on an imported model as on any other: a session continues after a restart."""
+    ids = [4, 5, 3, 6, 1]
+    ref = source_logprobs(models["source"], ids)
+    kw = {"model": str(models["text"]), "durability": "sync", "state_dir": str(tmp_path / "state")}
+    with running_server(**kw) as server, Client(server.target, timeout=10) as c, c.session("imported") as s:
+        assert s.feed("ab c", top_k=1, start=True).position == 3
+    with running_server(**kw) as server, Client(server.target, timeout=10) as c, c.session("imported") as s:
+        r = s.feed("\na", top_k=len(TOKENS))
+    assert r.position == 5
+    got = {p.text: p.logprob for p in r.predictions}
+    np.testing.assert_allclose([got[t] for t in TOKENS], ref[4], atol=TOL)

@@ -17,7 +17,9 @@ from the first recurrent node (:mod:`model.importers.onnx_axes`).
 Off the path, only *state plumbing* is allowed: ops that slice graph inputs into ``initial_h``/``initial_c``
 or gather ``Y_h``/``Y_c`` into graph outputs, and the ``Shape``-based zeros exporters write for a missing
 state. The initial state must be a graph input (seqpred keeps it per session, starting from zeros) or zero.
-Anything else is refused with one line naming the node and what is wrong.
+Weights may be constants computed from constants (exporters leave large ones as ``Slice``/``Concat`` of the
+parameters): :meth:`~model.importers.onnx_graph.Graph.const` evaluates them. Anything else is refused with one
+line naming the node and what is wrong.
 """
 
 from __future__ import annotations
