@@ -1,6 +1,7 @@
 # Two commands are all the set-up a user needs: `make run` and `make test`.
 # Each creates or refreshes .venv and installs the project into it (idempotent: re-installs only when
-# pyproject.toml changed).
+# pyproject.toml changed), with the extras the tests use: dev, plot, import (safetensors) and torch (the CPU
+# wheel, pinned to 2.13.0, for the PyTorch round trip of `seqpred import`).
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -13,7 +14,7 @@ PORT   ?= 50051
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,plot]'
+	$(PY) -m pip install -q -e '.[dev,plot,import,torch]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -76,6 +77,7 @@ bench: $(STAMP)
 	@echo "  $(PY) bench/serve_load.py    # gRPC service vs a bare grpc.aio echo server (+ stub and floor servers)"
 	@echo "  $(PY) bench/score_speed.py   # offline scoring vs PyTorch and the native op"
 	@echo "  $(PY) bench/soak.py          # streams for minutes, disconnects, every response checked (make soak)"
+	@echo "  $(PY) bench/import_speed.py  # an imported LSTM on seqpred's step graph vs the source ONNX file on onnxruntime"
 
 # Soak the service (bench/soak.py): 32 streams for 5 minutes with random disconnects, every response checked
 # offline; e.g. make soak SOAK_ARGS="--streams 16 --minutes 3" or SOAK_ARGS="--durability sync --kill-every 20".

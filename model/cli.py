@@ -1,4 +1,5 @@
-"""The ``seqpred`` command line: train, eval, sample, export, gradcheck; serve, client and score (from ``service``).
+"""The ``seqpred`` command line: train, eval, sample, export, gradcheck; serve, client and score (from
+``service``); import (``model.importers``).
 
 Every user error (bad flag value, missing corpus, corrupt checkpoint, ...) ends with one line
 ``seqpred: error: ...`` on stderr and exit code 2, before anything on disk is touched.
@@ -110,6 +111,7 @@ SERVICE_COMMANDS = {
     "client": ("service.cli", "main_client", "stream text to a server and show its predictions"),
     "score": ("service.scoring.cli", "main_score", "score sequences offline with sequence.onnx"),
     "experiment": ("model.experiments.cli", "main_experiment", "run a benchmark experiment (memory, variants)"),
+    "import": ("model.importers.cli", "main_import", "import an ONNX or PyTorch recurrent model (onnx, torch)"),
 }
 
 

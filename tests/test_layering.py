@@ -34,6 +34,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("service.client", "service.runtime"),
     ("service.settings", "service.metrics"),
     ("service.errors", "service._proto"),
+    ("model.importers",),  # seqpred import: reads foreign models, writes through model.export
     ("model.export", "model.experiments"),
     ("model.train",),
     ("model.network",),

@@ -10,97 +10,48 @@ trained.
   is a run of word characters (``\\w+``), a run of whitespace (``\\s+``) or one other character. The three
   classes cover every character, so ``decode(encode(text)) == text`` whenever every token is known.
 
-``<unk>`` ids decode to U+FFFD (the Unicode replacement character).
+``<unk>`` ids decode to U+FFFD (the Unicode replacement character). The interface is
+:class:`model.data.tokenizer_base.Tokenizer`; the kinds an imported model carries (``list``: a given token list,
+``ids``: no text form) are in :mod:`model.data.vocab_tokenizers`, and :func:`tokenizer_from_dict` reads them too.
 """
 
 from __future__ import annotations
 
 import re
-from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
-from numpy.typing import NDArray
 
+from model.data.tokenizer_base import REPLACEMENT, UNK, IdArray, Tokenizer
+from model.data.vocab_tokenizers import VOCAB_KINDS, IdTokenizer, ListTokenizer, vocab_tokenizer_from_dict
 from model.errors import ConfigError, DataError
 
-IdArray = NDArray[np.int64]
+__all__ = [
+    "ALL_KINDS",
+    "REPLACEMENT",
+    "TOKENIZER_KINDS",
+    "UNK",
+    "ByteTokenizer",
+    "CharTokenizer",
+    "IdArray",
+    "IdTokenizer",
+    "ListTokenizer",
+    "Tokenizer",
+    "WordTokenizer",
+    "make_tokenizer",
+    "tokenizer_from_dict",
+]
 
-#: Every tokenizer kind, by its ``--tokenizer`` name.
+#: Every tokenizer kind ``seqpred train`` fits, by its ``--tokenizer`` name.
 TOKENIZER_KINDS = ("char", "byte", "word")
-
-UNK = "<unk>"
-REPLACEMENT = "\ufffd"
+#: Every kind :func:`tokenizer_from_dict` reads: the trained ones and those an imported model carries.
+ALL_KINDS = (*TOKENIZER_KINDS, *VOCAB_KINDS)
 
 #: Word tokens: words, whitespace runs, or a single character of any other kind; together they match
 #: every character, so concatenating the tokens gives back the text.
 _WORD_RE = re.compile(r"\w+|\s+|[^\w\s]")
-
-
-class Tokenizer(ABC):
-    """Maps text to token ids and back.
-
-    Attributes:
-        kind: ``"char"``, ``"byte"`` or ``"word"``.
-        unk_id: the id unseen symbols are encoded as, or None when every input is representable.
-    """
-
-    kind: ClassVar[str]
-    unk_id: int | None
-
-    @property
-    @abstractmethod
-    def vocab_size(self) -> int:
-        """V: ids are 0..V-1."""
-
-    @abstractmethod
-    def encode(self, text: str) -> IdArray:
-        """The ids of ``text``, a 1-D int64 array; unseen symbols become :attr:`unk_id`."""
-
-    @abstractmethod
-    def decode(self, ids: Iterable[int] | np.ndarray) -> str:
-        """The text of ``ids``; an id outside 0..V-1 raises :class:`DataError`."""
-
-    @abstractmethod
-    def token_text(self, token_id: int) -> str:
-        """A readable rendering of one token, for showing predictions (``<unk>`` for the unknown id)."""
-
-    @abstractmethod
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable description, with ``"kind"``; :func:`tokenizer_from_dict` inverts it."""
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Tokenizer) and self.to_dict() == other.to_dict()
-
-    def __hash__(self) -> int:
-        return hash(self.kind)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(vocab_size={self.vocab_size})"
-
-    def _check_id(self, token_id: int) -> int:
-        if isinstance(token_id, bool) or not isinstance(token_id, int | np.integer):
-            raise DataError(f"token id: expected an integer, got {token_id!r}")
-        if not 0 <= int(token_id) < self.vocab_size:
-            raise DataError(f"token id: {int(token_id)} is out of range [0, {self.vocab_size})")
-        return int(token_id)
-
-    def _as_ids(self, ids: Iterable[int] | np.ndarray) -> IdArray:
-        """``ids`` as a validated 1-D int64 array."""
-        arr = ids if isinstance(ids, np.ndarray) else np.array(list(ids))
-        if arr.size == 0:
-            return np.zeros(0, dtype=np.int64)
-        if arr.ndim != 1:
-            raise DataError(f"ids: expected a 1-D sequence of token ids, got shape {arr.shape}")
-        if arr.dtype.kind not in "iu":
-            raise DataError(f"ids: expected integer token ids, got dtype {arr.dtype}")
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo < 0 or hi >= self.vocab_size:
-            bad = lo if lo < 0 else hi
-            raise DataError(f"ids: token id {bad} is out of range [0, {self.vocab_size})")
-        return arr.astype(np.int64, copy=False)
 
 
 class CharTokenizer(Tokenizer):
@@ -265,8 +216,8 @@ class WordTokenizer(Tokenizer):
         return {"kind": self.kind, "vocab": [UNK, *self._words]}
 
 
-def _unknown_kind(kind: object) -> ConfigError:
-    return ConfigError(f"tokenizer kind: unknown kind {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}")
+def _unknown_kind(kind: object, kinds: Sequence[str] = TOKENIZER_KINDS) -> ConfigError:
+    return ConfigError(f"tokenizer kind: unknown kind {kind!r}; choose one of {', '.join(kinds)}")
 
 
 def tokenizer_from_dict(d: Any) -> Tokenizer:
@@ -277,8 +228,10 @@ def tokenizer_from_dict(d: Any) -> Tokenizer:
     if "kind" not in d:
         raise ConfigError("tokenizer: missing key 'kind'")
     kind = d["kind"]
+    if kind in VOCAB_KINDS:
+        return vocab_tokenizer_from_dict(d)
     if kind not in TOKENIZER_KINDS:
-        raise _unknown_kind(kind)
+        raise _unknown_kind(kind, ALL_KINDS)
     allowed = {"kind"} if kind == "byte" else {"kind", "vocab"}
     unknown = sorted(set(d) - allowed, key=str)
     if unknown:

@@ -79,8 +79,13 @@ def export_model(
     *,
     overwrite: bool = False,
     source: str | None = None,
+    imported: dict[str, Any] | None = None,
 ) -> Path:
-    """Export in-memory weights (``params`` named as :func:`model.network.param_shapes`); see :func:`export_run`."""
+    """Export in-memory weights (``params`` named as :func:`model.network.param_shapes`); see :func:`export_run`.
+
+    ``imported``: for a model brought in by ``seqpred import`` (:mod:`model.importers`), where it came from
+    (``format``, ``source``, ``sha256``, ``mapping``); recorded as ``provenance.import`` in ``model.json``.
+    """
     out = Path(out_dir)
     _check_destination(out, precision, overwrite)
     if cfg.token_input and (tokenizer is None or tokenizer.vocab_size != cfg.vocab_size):
@@ -95,7 +100,7 @@ def export_model(
             path = tmp / GRAPH_FILES[key]
             onnx.save(model, path)
             written[key] = (model, path)
-        write_manifest(tmp, build_manifest(cfg, tokenizer, meta, precision, written, source, OPSET))
+        write_manifest(tmp, build_manifest(cfg, tokenizer, meta, precision, written, source, OPSET, imported))
         load_model_dir(tmp)  # the directory we hand out must load
         _swap_into_place(tmp, out)
     finally:

@@ -9,7 +9,8 @@ A model directory::
 The manifest records the model config, the tokenizer (its ``to_dict``, i.e. the whole vocabulary), the
 name/shape/order of every state tensor, the inputs and outputs of each graph, the sha256 of each graph file,
 the precision and where the weights came from (run directory, corpus, training steps and tokens, validation
-loss). :func:`load_model_dir` refuses a directory whose files do not match their checksums.
+loss; for an imported model, ``provenance.import``: the source file, its sha256 and how it was mapped).
+:func:`load_model_dir` refuses a directory whose files do not match their checksums.
 """
 
 from __future__ import annotations
@@ -77,8 +78,13 @@ def build_manifest(
     graphs: dict[str, tuple[onnx.ModelProto, Path]],
     source: str | None,
     opset: int,
+    imported: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The manifest of a model directory whose graph files are already written (``graphs``: model, path)."""
+    """The manifest of a model directory whose graph files are already written (``graphs``: model, path).
+
+    ``imported`` (a model from ``seqpred import``) becomes ``provenance.import`` and the producer reads
+    ``seqpred import``; ``provenance`` is free-form, so readers of format version 1 load such a manifest as
+    any other."""
     prov: dict[str, Any] = {
         "run_dir": source,
         "corpus": meta.get("corpus"),
@@ -87,9 +93,11 @@ def build_manifest(
         "val_nats_per_token": meta.get("val_nats_per_token"),
         "meta": meta,
     }
+    if imported is not None:
+        prov["import"] = imported
     return {
         "format_version": FORMAT_VERSION,
-        "producer": "seqpred export",
+        "producer": "seqpred export" if imported is None else "seqpred import",
         "precision": precision,
         "opset": opset,
         "model": cfg.to_dict(),

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from model.data.tokenizers import Tokenizer, WordTokenizer
+from model.data.tokenizers import ListTokenizer, Tokenizer, WordTokenizer
+from model.errors import DataError
 from service.engine.requests import GenerateSpec
 from service.errors import BadSampling, InvalidArgument, TokenOutOfRange, TooManyTokens, UnknownSymbol
 from service.settings import Settings
@@ -38,11 +39,15 @@ class RequestChecks:
     def encode_text(self, text: str, name: str = "text") -> np.ndarray:
         """Tokenize ``text``; a symbol outside the vocabulary raises UnknownSymbol naming it and its offset."""
         tok = self.tokenizer
+        if not tok.has_text:
+            raise InvalidArgument(
+                f"{name}: this model has no vocabulary (imported without --vocab); send token ids in 'tokens' instead"
+            )
         limit = self.settings.max_request_tokens
         if len(text) > limit:
             # refuse a huge text before tokenizing all of it (seconds of event-loop time for 16 MiB): char and
-            # byte tokenizers give at least one token per character; word tokens are counted up to the limit
-            if isinstance(tok, WordTokenizer):
+            # byte tokenizers give at least one token per character; word and list tokens are counted up to the limit
+            if isinstance(tok, WordTokenizer | ListTokenizer):
                 if tok.count_at_most(text, limit) > limit:
                     raise TooManyTokens(f"{name}: more than {limit} tokens, the limit per request")
             else:
@@ -50,16 +55,20 @@ class RequestChecks:
                     f"{name}: {len(text)} characters, at least {len(text)} tokens, more than the limit of {limit} "
                     "per request"
                 )
-        ids = tok.encode(text)
+        try:
+            ids = tok.encode(text)
+        except DataError as e:  # a list vocabulary without <unk>: the character that starts no token
+            raise UnknownSymbol(f"{name}: {str(e).removeprefix('text: ')}") from None
         if len(ids) > limit:
             raise TooManyTokens(f"{name}: {len(ids)} tokens, more than the limit of {limit} per request")
         if tok.unk_id is not None and len(ids):
             bad = np.flatnonzero(ids == tok.unk_id)
             if bad.size:
                 i = int(bad[0])
-                if isinstance(tok, WordTokenizer):
+                if isinstance(tok, WordTokenizer | ListTokenizer):
                     pieces = tok.split(text)
-                    sym, offset, what = pieces[i], sum(len(p) for p in pieces[:i]), "word"
+                    what = "word" if isinstance(tok, WordTokenizer) else "character"
+                    sym, offset = pieces[i], sum(len(p) for p in pieces[:i])
                 else:
                     sym, offset, what = text[i], i, "character"
                 shown = repr(sym) if len(sym) <= 32 else f"{sym[:32]!r}... ({len(sym)} characters)"

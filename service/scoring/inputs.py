@@ -31,7 +31,7 @@ from typing import IO
 import numpy as np
 from numpy.typing import NDArray
 
-from model.data.tokenizers import Tokenizer, WordTokenizer
+from model.data.tokenizers import ListTokenizer, Tokenizer, WordTokenizer
 from model.errors import ConfigError, DataError
 
 FORMATS = ("auto", "text", "jsonl")
@@ -115,7 +115,10 @@ class Encoder:
             return f"character {text[pos]!r} at offset {pos}"
         if self.tokenizer.kind == "word":
             return f"word {WordTokenizer.split(text)[pos]!r} (token {pos})"
-        return f"token {pos}"  # pragma: no cover - only char and word tokenizers have <unk>
+        if isinstance(self.tokenizer, ListTokenizer):
+            pieces = self.tokenizer.split(text)
+            return f"character {pieces[pos]!r} at offset {sum(len(p) for p in pieces[:pos])}"
+        return f"token {pos}"  # pragma: no cover - only char, word and list tokenizers have <unk>
 
     def tokens(self, tokens: object) -> IdArray:
         """Validated explicit token ids (a JSON list of integers in ``[0, V)``)."""
