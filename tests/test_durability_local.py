@@ -288,7 +288,7 @@ def test_a_corrupt_segment_before_the_last_is_refused(tmp_path: Path) -> None:
     bad[-1] ^= 1
     wal.segment_path(tmp_path, 0).write_bytes(bytes(bad))
     wal.segment_path(tmp_path, 1).write_bytes(wal.encode_create(0.0, "", "c"))
-    with pytest.raises(StateDirError, match=r"log-000000000000\.seg' is corrupt at byte \d+ \(a checksum mismatch\)"):
+    with pytest.raises(StateDirError, match=r"log-000000000000\.seg' is damaged at byte \d+ \(a checksum mismatch"):
         recovery.load(tmp_path, [4], np.dtype(np.float32))
 
 

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from service.durability import recovery, wal
+from service.durability import recovery, snapshot, wal
 from service.durability.hooks import Persistence, StateFn
 from service.durability.logwriter import LogWriter
 from service.errors import StateDirError
@@ -40,6 +40,9 @@ log = logging.getLogger("seqpred.durability")
 
 FORMAT = 1
 PENDING_STALE_S = 60.0
+#: How long a snapshot waits for the unary requests in progress (new ones wait for it meanwhile) before it gives up
+#: until the next interval. A request holds at most --max-generate-tokens steps, so it normally takes well under it.
+ATOMIC_PATIENCE_S = 10.0
 FSYNC_BUCKETS = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1, 0.25, 1.0)
 
 
@@ -97,6 +100,9 @@ class LocalLog(Persistence):
         self._lockfile: int | None = None
         self._replayed = 0
         self._pending: dict[tuple[str, str], float] = {}  # starts whose tokens are not logged yet -> since when
+        self._atomic_open = 0  # unary requests inside atomic()
+        self._atomic_idle: asyncio.Event | None = None  # set while none is open
+        self._atomic_gate: asyncio.Event | None = None  # cleared while a snapshot waits for them to end
 
     # -- hooks (event loop) -----------------------------------------------------------------------------------
 
@@ -120,6 +126,33 @@ class LocalLog(Persistence):
         self.writer.append(wal.encode_advance(time.time(), principal, session_id, tokens, position))
         if self._pending:
             self._pending.pop((principal, session_id), None)
+
+    def on_advance_part(
+        self, principal: str, session_id: str, tokens: np.ndarray | int, position: int, state: StateFn
+    ) -> None:
+        self.writer.append(wal.encode_advance(time.time(), principal, session_id, tokens, position, part=True))
+        if self._pending:
+            self._pending.pop((principal, session_id), None)
+
+    def on_commit(self, principal: str, session_id: str) -> None:
+        self.writer.append(wal.encode_commit(time.time(), principal, session_id))
+
+    @contextlib.asynccontextmanager
+    async def atomic(self) -> AsyncIterator[None]:
+        """A unary request with several changes; waits while a snapshot waits for the ones in progress to end (so
+        that a snapshot never holds part of one: its records before the snapshot could not be voided)."""
+        gate, idle = self._atomic_gate, self._atomic_idle
+        if gate is not None:
+            await gate.wait()
+        self._atomic_open += 1
+        if idle is not None:
+            idle.clear()
+        try:
+            yield
+        finally:
+            self._atomic_open -= 1
+            if self._atomic_open == 0 and idle is not None:
+                idle.set()
 
     def on_close(self, principal: str, session_id: str, reason: str) -> None:
         self.writer.append(wal.encode_close(time.time(), principal, session_id, reason))
@@ -213,6 +246,10 @@ class LocalLog(Persistence):
 
     def start(self) -> None:
         self._snap_lock = asyncio.Lock()
+        self._atomic_gate, self._atomic_idle = asyncio.Event(), asyncio.Event()
+        self._atomic_gate.set()
+        if self._atomic_open == 0:
+            self._atomic_idle.set()
         self.writer.start()
         if self._timer is None:
             self._timer = asyncio.get_running_loop().create_task(self._snapshot_forever())
@@ -231,28 +268,30 @@ class LocalLog(Persistence):
     async def snapshot(self, patience: float = 1.0) -> bool:
         """Copy every live session's state (batches paused) at a new segment boundary, write it, compact.
 
-        A snapshot must not hold a start (create, reset) whose tokens are not logged yet, or a crash could keep
-        the start without them: it waits (batches running meanwhile) until no start is pending, for at most
-        ``patience`` seconds; then it gives up (returns False), or with ``patience`` < 0 takes the snapshot."""
+        A snapshot must not hold a start (create, reset) whose tokens are not logged yet, nor part of a unary
+        request (:meth:`atomic`), or a crash could keep them without the rest: new unary requests wait while it
+        waits for those in progress to end (at most :data:`ATOMIC_PATIENCE_S`), then it waits (batches running
+        meanwhile) until no start is pending, for at most ``patience`` seconds; then it gives up (returns False),
+        or with ``patience`` < 0 takes the snapshot."""
         store, loop = self.store, asyncio.get_running_loop()
-        if store is None or self._snap_lock is None:
+        if store is None or self._snap_lock is None or self._atomic_gate is None or self._atomic_idle is None:
             return False
         async with self._snap_lock:
             t0 = time.perf_counter()
-            stale = time.monotonic() - PENDING_STALE_S
-            for key in [k for k, since in self._pending.items() if since < stale]:
-                del self._pending[key]  # never resolved (should not happen): do not block snapshots forever
-            while True:
-                if self._pending and 0 <= patience < time.perf_counter() - t0:
-                    log.info("snapshot postponed: requests keep starting sessions")
+            gate = self._atomic_gate
+            gate.clear()
+            try:  # once the snapshot's boundary is set (or it gave up), unary requests go on
+                try:
+                    await asyncio.wait_for(self._atomic_idle.wait(), ATOMIC_PATIENCE_S if patience >= 0 else None)
+                except TimeoutError:
+                    log.info("snapshot postponed: unary requests in progress did not end")
                     return False
-                async with self.pause() if self.pause is not None else contextlib.nullcontext():
-                    if not self._pending or patience < 0:
-                        seg = self.writer.rotate()
-                        self._snapped = self.writer.appended
-                        header, rows = self._capture(store)
-                        break
-                await asyncio.sleep(0.002)
+                captured = await self._capture_settled(store, patience)
+            finally:
+                gate.set()
+            if captured is None:
+                return False
+            seg, header, rows = captured
             header["segment"] = seg
             nbytes = await loop.run_in_executor(None, self._persist, seg, header, rows)
             seconds = time.perf_counter() - t0
@@ -261,6 +300,27 @@ class LocalLog(Persistence):
             fields = {"sessions": len(rows), "bytes": nbytes, "seconds": round(seconds, 3), "segment": seg}
             log.info("snapshot", extra={"fields": fields})
             return True
+
+    async def _capture_settled(
+        self, store: SessionStore, patience: float
+    ) -> tuple[int, dict[str, Any], np.ndarray] | None:
+        """Rotate the log and capture every state once no start is pending (batches paused meanwhile); None when
+        starts kept pending longer than ``patience`` (>= 0) seconds."""
+        t0 = time.perf_counter()
+        stale = time.monotonic() - PENDING_STALE_S
+        for key in [k for k, since in self._pending.items() if since < stale]:
+            del self._pending[key]  # never resolved (should not happen): do not block snapshots forever
+        while True:
+            if self._pending and 0 <= patience < time.perf_counter() - t0:
+                log.info("snapshot postponed: requests keep starting sessions")
+                return None
+            async with self.pause() if self.pause is not None else contextlib.nullcontext():
+                if not self._pending or patience < 0:
+                    seg = self.writer.rotate()
+                    self._snapped = self.writer.appended
+                    header, rows = self._capture(store)
+                    return seg, header, rows
+            await asyncio.sleep(0.002)
 
     def _capture(self, store: SessionStore) -> tuple[dict[str, Any], np.ndarray]:
         now_m, now_w = time.monotonic(), time.time()
@@ -275,7 +335,7 @@ class LocalLog(Persistence):
         return header, rows
 
     def _persist(self, seg: int, header: dict[str, Any], rows: np.ndarray) -> int:
-        nbytes = wal.write_snapshot(wal.snapshot_path(self.dir, seg), header, rows)
+        nbytes = snapshot.write_snapshot(wal.snapshot_path(self.dir, seg), header, rows)
         for pattern in (wal.SNAPSHOT_RE, wal.SEGMENT_RE):
             for n, path in wal.numbered(self.dir, pattern):
                 if n < seg:
