@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from model.errors import report_error
 from service.durability import salvage as salvage_mod
+from service.durability import statedir
 
 
 def parser(prog: str = "seqpred durability") -> argparse.ArgumentParser:
@@ -90,12 +90,10 @@ def _summary(report: salvage_mod.Report, done: list[str]) -> dict[str, object]:
 @contextlib.contextmanager
 def _locked(d: Path) -> Iterator[None]:
     """The directory's lock, as a server holds it: never touch a directory a running server uses."""
-    fd = os.open(d / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = statedir.lock(d)
+    if fd is None:
+        raise ValueError(f"DIR: {str(d)!r} is in use by a running server; stop it first")
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise ValueError(f"DIR: {str(d)!r} is in use by a running server; stop it first") from None
         yield
     finally:
         os.close(fd)

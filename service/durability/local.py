@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,8 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from service.durability import recovery, snapshot, wal
+from service.durability import recovery, snapshot, statedir, wal
+from service.durability.gate import Gate
 from service.durability.hooks import Persistence, StateFn
 from service.durability.logwriter import LogWriter
 from service.errors import StateDirError
@@ -100,9 +99,7 @@ class LocalLog(Persistence):
         self._lockfile: int | None = None
         self._replayed = 0
         self._pending: dict[tuple[str, str], float] = {}  # starts whose tokens are not logged yet -> since when
-        self._atomic_open = 0  # unary requests inside atomic()
-        self._atomic_idle: asyncio.Event | None = None  # set while none is open
-        self._atomic_gate: asyncio.Event | None = None  # cleared while a snapshot waits for them to end
+        self._gate = Gate()  # unary requests inside atomic(); a snapshot drains it
 
     # -- hooks (event loop) -----------------------------------------------------------------------------------
 
@@ -137,22 +134,10 @@ class LocalLog(Persistence):
     def on_commit(self, principal: str, session_id: str) -> None:
         self.writer.append(wal.encode_commit(time.time(), principal, session_id))
 
-    @contextlib.asynccontextmanager
-    async def atomic(self) -> AsyncIterator[None]:
+    def atomic(self) -> AbstractAsyncContextManager[None]:
         """A unary request with several changes; waits while a snapshot waits for the ones in progress to end (so
         that a snapshot never holds part of one: its records before the snapshot could not be voided)."""
-        gate, idle = self._atomic_gate, self._atomic_idle
-        if gate is not None:
-            await gate.wait()
-        self._atomic_open += 1
-        if idle is not None:
-            idle.clear()
-        try:
-            yield
-        finally:
-            self._atomic_open -= 1
-            if self._atomic_open == 0 and idle is not None:
-                idle.set()
+        return self._gate.hold()
 
     def on_close(self, principal: str, session_id: str, reason: str) -> None:
         self.writer.append(wal.encode_close(time.time(), principal, session_id, reason))
@@ -204,13 +189,9 @@ class LocalLog(Persistence):
         return len(loaded.sessions)
 
     def _lock_dir(self) -> None:
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise StateDirError(f"--state-dir: {str(self.dir)!r} is in use by another server") from None
-        self._lockfile = fd
+        self._lockfile = statedir.lock(self.dir)
+        if self._lockfile is None:
+            raise StateDirError(f"--state-dir: {str(self.dir)!r} is in use by another server")
 
     def _unlock_dir(self) -> None:
         if self._lockfile is not None:
@@ -218,38 +199,18 @@ class LocalLog(Persistence):
             self._lockfile = None
 
     def _check_meta(self, runtime: Runtime) -> None:
-        meta: dict[str, Any] = {
+        meta = {
             "format": FORMAT,
             "model_sha256": runtime.bundle.manifest_sha256,
             "state_names": list(runtime.state_names),
             "widths": self._widths,
             "dtype": self._dtype.name,
         }
-        path = self.dir / "meta.json"
-        if path.exists():
-            try:
-                old = json.loads(path.read_text())
-            except (OSError, ValueError) as e:
-                raise StateDirError(f"--state-dir: {str(path)!r} is unreadable: {e}") from None
-            if old != meta:
-                was = old.get("model_sha256") if isinstance(old, dict) else None
-                raise StateDirError(
-                    f"--state-dir: {str(self.dir)!r} holds sessions of another model or format "
-                    f"(model sha256 {str(was)[:12]}..., this one {meta['model_sha256'][:12]}...); "
-                    "use another --state-dir, or remove it to start without sessions"
-                )
-            return
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(meta, indent=1) + "\n")
-        os.replace(tmp, path)
-        wal.fsync_dir(self.dir)
+        statedir.check_meta(self.dir, meta)
 
     def start(self) -> None:
         self._snap_lock = asyncio.Lock()
-        self._atomic_gate, self._atomic_idle = asyncio.Event(), asyncio.Event()
-        self._atomic_gate.set()
-        if self._atomic_open == 0:
-            self._atomic_idle.set()
+        self._gate.start()
         self.writer.start()
         if self._timer is None:
             self._timer = asyncio.get_running_loop().create_task(self._snapshot_forever())
@@ -274,21 +235,17 @@ class LocalLog(Persistence):
         meanwhile) until no start is pending, for at most ``patience`` seconds; then it gives up (returns False),
         or with ``patience`` < 0 takes the snapshot."""
         store, loop = self.store, asyncio.get_running_loop()
-        if store is None or self._snap_lock is None or self._atomic_gate is None or self._atomic_idle is None:
+        if store is None or self._snap_lock is None:
             return False
         async with self._snap_lock:
             t0 = time.perf_counter()
-            gate = self._atomic_gate
-            gate.clear()
+            if not await self._gate.drain(ATOMIC_PATIENCE_S if patience >= 0 else None):
+                log.info("snapshot postponed: unary requests in progress did not end")
+                return False
             try:  # once the snapshot's boundary is set (or it gave up), unary requests go on
-                try:
-                    await asyncio.wait_for(self._atomic_idle.wait(), ATOMIC_PATIENCE_S if patience >= 0 else None)
-                except TimeoutError:
-                    log.info("snapshot postponed: unary requests in progress did not end")
-                    return False
                 captured = await self._capture_settled(store, patience)
             finally:
-                gate.set()
+                self._gate.reopen()
             if captured is None:
                 return False
             seg, header, rows = captured

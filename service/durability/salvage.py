@@ -140,7 +140,7 @@ def _read_segment(n: int, path: Path, newest: bool) -> tuple[Segment, list[Damag
             seg.records.append(wal.decode(data[o + 8 : o + 8 + length]))
             o += 8 + length
             continue
-        why = wal.scan(data[o:]).problem
+        why = wal.scan(data[o:]).problem or "a bad record"
         nxt = wal.resync(data, o)
         if nxt is None and newest:
             seg.torn = len(data) - o
