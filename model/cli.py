@@ -110,6 +110,7 @@ SERVICE_COMMANDS = {
     "serve": ("service.cli", "main_serve", "run the gRPC streaming server"),
     "client": ("service.cli", "main_client", "stream text to a server and show its predictions"),
     "score": ("service.scoring.cli", "main_score", "score sequences offline with sequence.onnx"),
+    "durability": ("service.durability.cli", "main_durability", "check or salvage a --state-dir after damage"),
     "experiment": ("model.experiments.cli", "main_experiment", "run a benchmark experiment (memory, variants)"),
     "import": ("model.importers.cli", "main_import", "import an ONNX or PyTorch recurrent model (onnx, torch)"),
 }

@@ -212,3 +212,134 @@ def test_kill_9_rounds(tmp_path: Path, extra: tuple[str, ...]) -> None:
     """Several kill/restart rounds on one state directory (sessions carry over from round to round)."""
     for r in range(5):
         kill_round(tmp_path, seed=1000 + r, workers_n=8, extra=extra)
+
+
+def frames(data: bytes) -> list[tuple[int, int]]:
+    """The ``[start, end)`` byte spans of a segment's records."""
+    out, o = [], 0
+    while o + 8 <= len(data):
+        n = int.from_bytes(data[o : o + 4], "little")
+        out.append((o, o + 8 + n))
+        o += 8 + n
+    return out
+
+
+def test_damage_inside_the_newest_segment_stops_the_start_and_salvage_keeps_the_other_sessions(tmp_path: Path) -> None:
+    """Issue 14, fault 2, as the probe did it: ``--durability sync``, three sessions fed and acknowledged, kill -9,
+    one byte flipped inside the 2nd record of the newest segment, restart. Before the fix the server started with
+    "truncated a torn tail" and every later record (the other sessions' acknowledged tokens) was gone."""
+    o = oracle()
+    ids = o.encode("def add(a, b):\n    return a + b\n\nclass Point:\n")
+    state = tmp_path / "state"
+    proc, port = start_server(state, tmp_path / "first.log", "--snapshot-interval", "600")
+    want = {"s1": ids[:7], "s2": ids[3:12], "s3": ids[10:14]}
+    try:
+        with Client(f"127.0.0.1:{port}") as c:
+            for sid, toks in want.items():
+                c.session(sid).feed(tokens=toks[:2], start=True)
+            for sid, toks in want.items():
+                c.session(sid).feed(tokens=toks[2:])
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    segs = sorted(state.glob("log-*.seg"))
+    newest = segs[-1]
+    data = bytearray(newest.read_bytes())
+    (a, b) = frames(bytes(data))[1]  # s1's first tokens (the 1st record is its creation)
+    data[(a + b) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data))
+
+    log = tmp_path / "refused.log"
+    repo = Path(__file__).resolve().parents[1]
+    serve = ["serve", "--model", str(tiny_model()), "--port", "0", "--metrics-port", "-1", "--durability", "sync"]
+    cmd = [sys.executable, "-m", "model.cli", *serve, "--state-dir", str(state), "--log-format", "text"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=repo)
+    errors = [line for line in run.stderr.splitlines() if line.startswith("seqpred: error:")]
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr and len(errors) == 1
+    assert errors[0].startswith(f"seqpred: error: --state-dir: log segment {str(newest)!r} is damaged at byte {a} (")
+    assert newest.read_bytes() == bytes(data)  # nothing truncated
+
+    cmd = [sys.executable, "-m", "model.cli", "durability", "salvage", str(state)]
+    sal = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=repo)
+    assert sal.returncode == 0, sal.stderr
+    assert "sessions that lost a change (gone after salvage): s1" in sal.stderr
+    assert (state / "damaged" / newest.name).read_bytes() == bytes(data)
+
+    proc, port = start_server(state, log)
+    try:
+        with Client(f"127.0.0.1:{port}") as c:
+            for sid in ("s2", "s3"):
+                assert c.get_session(sid).position == len(want[sid])
+                got = c.predict(session_id=sid, top_k=o.V)
+                lp = np.full(o.V, np.nan)
+                lp[[p.id for p in got.predictions]] = [p.logprob for p in got.predictions]
+                np.testing.assert_allclose(lp, o.next_logprobs(want[sid]), atol=2e-4)
+            with pytest.raises(RequestError) as e:
+                c.get_session("s1")
+            assert e.value.code == grpc.StatusCode.NOT_FOUND
+            time.sleep(1.0)  # the recovery replayed records: its snapshot compacts the log meanwhile
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert proc.returncode == 0
+    assert (state / "damaged" / newest.name).read_bytes() == bytes(data)
+
+
+def generated_tokens(state: Path, sid: str) -> int:
+    """Tokens logged for ``sid`` in the state directory's segments (whatever their kind of record)."""
+    from service.durability import wal
+
+    n = 0
+    for _, path in wal.numbered(state, wal.SEGMENT_RE):
+        for r in wal.scan(path.read_bytes()).records:
+            if r.session_id == sid and r.tokens is not None:
+                n += len(r.tokens)
+    return n
+
+
+def test_a_unary_generation_cut_by_kill_9_is_applied_entirely_or_not_at_all(tmp_path: Path) -> None:
+    """Issue 14, fault 5: a Predict asking for 1,024 generated tokens, SIGKILLed once some of them are in the log.
+    Its client got nothing, so after the restart the session must be where it was before the request (or, had the
+    request finished, after all of it). Before the fix it came back holding the tokens generated so far."""
+    o = oracle()
+    prompt = o.encode("class Point:\n")
+    for attempt in range(3):
+        state = tmp_path / f"state{attempt}"
+        proc, port = start_server(state, tmp_path / f"gen{attempt}.log", "--snapshot-interval", "600")
+        box: dict[str, object] = {}
+
+        def call(port: int = port, box: dict[str, object] = box) -> None:
+            try:
+                with Client(f"127.0.0.1:{port}", timeout=60) as c:
+                    box["reply"] = c.predict(session_id="g", tokens=[], generate=1024, temperature=1.0, seed=5)
+            except RequestError as e:
+                box["error"] = e
+
+        try:
+            with Client(f"127.0.0.1:{port}") as c:
+                c.session("g").feed(tokens=prompt, start=True)
+            th = threading.Thread(target=call, daemon=True)
+            th.start()
+            deadline = time.monotonic() + 30
+            while generated_tokens(state, "g") < len(prompt) + 8 and time.monotonic() < deadline:
+                time.sleep(0.002)
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        th.join(30)
+        logged = generated_tokens(state, "g") - len(prompt)
+        proc, port = start_server(state, tmp_path / f"gen{attempt}-restart.log")
+        try:
+            with Client(f"127.0.0.1:{port}") as c:
+                position = c.get_session("g").position
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+        if "reply" in box:  # it finished before the kill: all of it
+            assert position == len(prompt) + 1024
+            continue
+        assert position == len(prompt), f"{position - len(prompt)} of the {logged} logged generated tokens came back"
+        if 0 < logged < 1024:  # the kill did land mid-generation
+            return
+    pytest.fail("the kill never landed in the middle of the generation")

@@ -7,11 +7,13 @@ The ``kill -9`` test of the real server process is in test_durability_kill.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import shutil
 import time
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +31,8 @@ from service.durability import logwriter, recovery, wal
 from service.durability.hooks import Persistence
 from service.durability.local import LocalLog
 from service.engine.core import Engine
-from service.engine.requests import Request
-from service.errors import SettingsError, StateDirError, StoreUnavailable
+from service.engine.requests import GenerateSpec, Request
+from service.errors import SessionNotFound, SettingsError, StateDirError, StoreUnavailable
 from service.runtime.bundle import load_bundle
 from service.runtime.onnx_runtime import Runtime
 from service.server import SeqpredServer
@@ -203,7 +205,7 @@ def test_durability_metrics(tmp_path: Path) -> None:
 @st.composite
 def histories(draw: st.DrawFn) -> list[tuple[str, str, list[int]]]:
     ops = st.tuples(
-        st.sampled_from(["create", "reset", "advance", "close", "start", "torn"]),
+        st.sampled_from(["create", "reset", "advance", "close", "start", "torn", "unary", "cut"]),
         st.sampled_from(["a", "b", "c"]),
         st.lists(st.integers(0, 30), min_size=1, max_size=5),
     )
@@ -219,7 +221,9 @@ def test_replay_matches_a_plain_model(
 
     ``start`` is a request that creates or resets a session and feeds it tokens (two records, one change);
     ``torn`` is such a request cut by a crash after its first record: void, and the recovery that found it logged
-    an UNDO, except when it is the very last record (the crash being recovered from now)."""
+    an UNDO, except when it is the very last record (the crash being recovered from now). ``unary`` is a Predict
+    that generates (on a live session, or starting one): PART records and a COMMIT, one change; ``cut`` is one cut
+    by a crash before its COMMIT: void like ``torn``."""
     d = tmp_path_factory.mktemp("replay")
     model: dict[str, list[int]] = {}
     recs: list[bytes] = []
@@ -241,6 +245,19 @@ def test_replay_matches_a_plain_model(
             recs.append(start(5.0, "p", sid, len(toks)))
             if i < len(history) - 1:
                 recs.append(wal.encode_undo(6.0, "p", sid))
+        elif kind in ("unary", "cut"):
+            base = model.get(sid)
+            if base is None:
+                recs.append(wal.encode_create(5.0, "p", sid, 1))
+                base = []
+            done = toks if kind == "unary" else toks[: max(1, len(toks) - 1)]
+            for k in range(len(done)):
+                recs.append(wal.encode_advance(5.0, "p", sid, done[k], len(base) + k + 1, part=True))
+            if kind == "unary":
+                model[sid] = base + toks
+                recs.append(wal.encode_commit(5.0, "p", sid))
+            elif i < len(history) - 1:
+                recs.append(wal.encode_undo(6.0, "p", sid))
     bounds = sorted({0, len(recs), *np.random.default_rng(cuts).integers(0, len(recs) + 1, cuts).tolist()})
     for i, (a, b) in enumerate(itertools.pairwise(bounds)):
         wal.segment_path(d, i).write_bytes(b"".join(recs[a:b]))
@@ -248,7 +265,7 @@ def test_replay_matches_a_plain_model(
     assert loaded.anomalies == 0 and loaded.records == len(recs)
     got = {sid: np.concatenate(r.tokens).tolist() if r.tokens else [] for (p, sid), r in loaded.sessions.items()}
     assert got == model and all(p == "p" for p, _ in loaded.sessions)
-    torn_last = bool(history) and history[-1][0] == "torn"
+    torn_last = bool(history) and history[-1][0] in ("torn", "cut")
     assert loaded.undone == ([("p", history[-1][1])] if torn_last else [])
 
 
@@ -288,7 +305,7 @@ def test_a_corrupt_segment_before_the_last_is_refused(tmp_path: Path) -> None:
     bad[-1] ^= 1
     wal.segment_path(tmp_path, 0).write_bytes(bytes(bad))
     wal.segment_path(tmp_path, 1).write_bytes(wal.encode_create(0.0, "", "c"))
-    with pytest.raises(StateDirError, match=r"log-000000000000\.seg' is corrupt at byte \d+ \(a checksum mismatch\)"):
+    with pytest.raises(StateDirError, match=r"log-000000000000\.seg' is damaged at byte \d+ \(a checksum mismatch"):
         recovery.load(tmp_path, [4], np.dtype(np.float32))
 
 
@@ -399,6 +416,56 @@ def test_a_snapshot_waits_for_the_tokens_of_a_start(tmp_path: Path, runtime: Run
     assert len(wal.numbered(tmp_path, wal.SNAPSHOT_RE)) == 1
 
 
+def test_a_snapshot_waits_for_the_unary_requests_in_progress(
+    tmp_path: Path, runtime: Runtime, monkeypatch: Any
+) -> None:
+    """A snapshot holding part of a unary request could not void it after a crash: it waits for the requests in
+    progress to end while new ones wait for it; past its patience it gives up and lets them go."""
+    from service.durability import local
+
+    async def session_log() -> None:
+        log = LocalLog(tmp_path, "sync")
+        store = MemoryStore(runtime.new_state_memory(4))
+        log.recover(store, runtime)
+        log.start()
+        store.create("s", 0.0)
+        log.on_start("", "s", False, 0)
+        inside, release = asyncio.Event(), asyncio.Event()
+
+        async def request(name: str, hold: bool) -> None:
+            async with log.atomic():
+                log.on_advance_part("", "s", 1, 1, lambda: [])
+                order.append(name)
+                inside.set()
+                if hold:
+                    await release.wait()
+                log.on_commit("", "s")
+
+        order: list[str] = []
+        first = asyncio.create_task(request("first", True))
+        await inside.wait()
+        snap = asyncio.create_task(log.snapshot())
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(request("second", False))
+        await asyncio.sleep(0.05)
+        assert not snap.done() and order == ["first"]  # the snapshot waits, and so does the new request
+        release.set()
+        assert await snap is True
+        await asyncio.gather(first, second)
+        assert order == ["first", "second"]
+        monkeypatch.setattr(local, "ATOMIC_PATIENCE_S", 0.05)
+        release.clear()
+        stuck = asyncio.create_task(request("stuck", True))
+        await asyncio.sleep(0.01)
+        assert await log.snapshot() is False  # postponed
+        await request("after", False)  # not held up any longer
+        release.set()
+        await stuck
+        await log.close()
+
+    asyncio.run(session_log())
+
+
 @pytest.mark.parametrize("cell", ["fgr", "clockwork"])
 def test_states_of_other_widths_survive_a_crash(tmp_path: Path, cell: str) -> None:
     """fgr's c is [c; i; o; f] (4H wide), clockwork's its step counter (1 wide): snapshot and replay keep both."""
@@ -436,6 +503,19 @@ class Recording(Persistence):
     def on_advance(self, principal: str, session_id: str, tokens: Any, position: int, state: Any) -> None:
         t = [tokens] if isinstance(tokens, int) else list(tokens)
         self.calls.append(("advance", session_id, t, position, len(state())))
+
+    def on_advance_part(self, principal: str, session_id: str, tokens: Any, position: int, state: Any) -> None:
+        t = [tokens] if isinstance(tokens, int) else list(tokens)
+        self.calls.append(("part", session_id, t, position))
+
+    def on_commit(self, principal: str, session_id: str) -> None:
+        self.calls.append(("commit", session_id))
+
+    @contextlib.asynccontextmanager
+    async def atomic(self) -> AsyncIterator[None]:
+        self.calls.append(("atomic",))
+        yield
+        self.calls.append(("/atomic",))
 
     def on_close(self, principal: str, session_id: str, reason: str) -> None:
         self.calls.append(("close", session_id, reason))
@@ -480,3 +560,64 @@ def test_the_engine_reports_every_change_in_order() -> None:
         ("close", "t", "close"),
     ]
     assert rec.calls.count(("durable",)) == 8  # once before every reply
+
+
+async def _gen(e: Engine, r: Request, unary: bool) -> list[int]:
+    return [t for rep in [x async for x in e.generate(r, unary=unary)] for t, _ in rep.generated]
+
+
+def test_a_unary_generation_is_one_change_and_a_streamed_one_a_change_per_token() -> None:
+    """Predict (unary): inside atomic(), PART for its prompt and each generated token, one COMMIT, one wait for
+    durability before its one reply. Stream: an advance and a wait per generated token (each is a reply)."""
+    rec = Recording()
+    spec = GenerateSpec(max_tokens=3, temperature=0.0)
+
+    async def main() -> list[int]:
+        srv = SeqpredServer(server_settings())
+        e = Engine(srv.settings, srv.runtime, srv.store, srv.batcher, None, rec)
+        try:
+            got = await _gen(e, Request("u", tokens=[1, 2], start=True, generate=spec), unary=True)
+            rec.calls.append(("--",))
+            await _gen(e, Request("u", generate=spec), unary=False)
+            return got
+        finally:
+            srv.batcher.close()
+
+    g = asyncio.run(main())
+    cut = rec.calls.index(("--",))
+    assert rec.calls[:cut] == [
+        ("atomic",),
+        ("start", "u", False, 2),
+        ("part", "u", [1, 2], 2),
+        *[("part", "u", [t], 3 + i) for i, t in enumerate(g)],
+        ("commit", "u"),
+        ("durable",),
+        ("/atomic",),
+    ]
+    assert [c[0] for c in rec.calls[cut + 1 :]] == ["advance", "durable"] * 3
+
+
+def test_a_unary_generation_cut_half_way_is_still_committed() -> None:
+    """A Predict whose generation fails half-way (its session closed by another request meanwhile) keeps in memory
+    what ran, so the log commits that too."""
+    rec = Recording()
+
+    async def main() -> None:
+        srv = SeqpredServer(server_settings())
+        e = Engine(srv.settings, srv.runtime, srv.store, srv.batcher, None, rec)
+        try:
+            await e.request(Request("c", tokens=[1], start=True))
+            r = Request("c", generate=GenerateSpec(max_tokens=50, temperature=0.0))
+            agen = e.generate(r, unary=True)
+            await agen.__anext__()
+            await agen.__anext__()
+            e.close("c")  # another request closes it
+            with pytest.raises(SessionNotFound):
+                async for _ in agen:
+                    pass
+        finally:
+            srv.batcher.close()
+
+    asyncio.run(main())
+    kinds = [c[0] for c in rec.calls if c[0] in ("part", "commit", "advance")]
+    assert kinds[-1] == "commit" and kinds.count("commit") == 1 and kinds.count("part") >= 2

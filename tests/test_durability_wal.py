@@ -1,12 +1,11 @@
-"""The durable-session file formats: log records (round trip, torn tails, checksum mismatches) and snapshots."""
+"""The session log's format: records (round trip, torn tails, checksum mismatches) and finding intact records after
+damage (resync). Snapshots: test_durability_snapshot.py."""
 
 from __future__ import annotations
 
 import struct
-from pathlib import Path
 
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -103,30 +102,3 @@ def test_a_record_with_a_good_checksum_but_an_unknown_kind_is_malformed() -> Non
     payload = bytes([9]) + struct.pack("<dHH", 0.0, 0, 0)
     sc = wal.scan(struct.pack("<II", len(payload), zlib.crc32(payload)) + payload)
     assert sc.records == [] and sc.problem == "a malformed record (unknown record kind 9)"
-
-
-@pytest.mark.parametrize("n", [0, 1, 5])
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_snapshot_round_trip(tmp_path: Path, n: int, dtype: str) -> None:
-    widths = [4, 4, 1]
-    rows = np.random.default_rng(n).standard_normal((n, sum(widths))).astype(dtype)
-    header = {"dtype": dtype, "widths": widths, "sessions": [["p", f"s{i}", i, 1.5] for i in range(n)]}
-    path = wal.snapshot_path(tmp_path, 7)
-    nbytes = wal.write_snapshot(path, header, rows)
-    assert path.stat().st_size == nbytes and not list(tmp_path.glob("*.tmp"))
-    got_header, got = wal.read_snapshot(path)
-    assert got_header == header and got.dtype == np.dtype(dtype) and np.array_equal(got, rows)
-    assert wal.numbered(tmp_path, wal.SNAPSHOT_RE) == [(7, path)]
-
-
-def test_a_damaged_snapshot_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "s.bin"
-    wal.write_snapshot(path, {"dtype": "float32", "widths": [2], "sessions": [["", "a", 1, 0.0]]}, np.ones((1, 2)))
-    data = bytearray(path.read_bytes())
-    data[-6] ^= 0xFF
-    path.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="checksum mismatch"):
-        wal.read_snapshot(path)
-    path.write_bytes(b"not a snapshot at all")
-    with pytest.raises(ValueError, match="bad magic"):
-        wal.read_snapshot(path)

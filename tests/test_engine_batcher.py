@@ -136,7 +136,7 @@ def test_quiesce_holds_states_still_and_journal_sees_every_booking_in_order(runt
     ex = ThreadPoolExecutor(threads) if threads else None
     b, store, _ = _setup(runtime, executor=ex)
     booked: list[tuple[int, object, int]] = []
-    b.journal = lambda slot, tokens, position: booked.append((slot, tokens, position))
+    b.journal = lambda slot, tokens, position, held: booked.append((slot, tokens, position))
 
     async def main() -> tuple[int, int]:
         _, a = store.create("a", 0.0)

@@ -229,7 +229,7 @@ class SeqPredServicer(pb_grpc.SeqPredServicer):
             generated: list[tuple[int, float]] = []
             last: Reply | None = None
             first_scores = None
-            async for rep in self.engine.generate(r):
+            async for rep in self.engine.generate(r, unary=True):
                 generated += rep.generated
                 if last is None:
                     first_scores = rep.token_logprobs

@@ -1,1 +1,2 @@
-"""Durable sessions: hooks, local log (format, writer, recovery), Redis hooks. May import: store and below."""
+"""Durable sessions: hooks, local log (records, snapshots, writer, replay, recovery, salvage), Redis hooks.
+May import: store and below."""

@@ -11,6 +11,11 @@ happened). A session is named by ``(principal, session_id)``: ids are scoped by 
 * ``on_advance`` - a batch consumed ``tokens`` for a live session, whose position is now ``position``;
   ``state()`` returns host copies of its state tensors *now* (call it inside the hook, or never: it reads the
   state memory, so backends that only log tokens pay nothing);
+* ``atomic()`` - an async context the engine holds around a unary request that makes several changes of one
+  session (a ``Predict`` with ``generate``: its prompt, then one step per generated token): inside it the engine
+  reports them with ``on_advance_part`` instead of ``on_advance``, and ``on_commit`` once the request is done
+  (also when it failed or was cancelled half-way: what ran stays applied in memory). A durable store makes them
+  one change: after a crash, all or none. By default: plain ``on_advance``, no-ops;
 * ``on_close`` - the session is gone: ``reason`` is ``end`` (a request's ``end``), ``close`` (CloseSession),
   ``idle`` or ``lifetime`` (evicted);
 * ``durable()`` - flush-before-reply: None when every change reported so far is as durable as the backend
@@ -72,6 +77,21 @@ class Persistence(ABC):
         self, principal: str, session_id: str, tokens: np.ndarray | int, position: int, state: StateFn
     ) -> None:
         """A live session consumed ``tokens`` (one id, or an int64 array ``[n]``); ``position`` is its new one."""
+
+    def on_advance_part(
+        self, principal: str, session_id: str, tokens: np.ndarray | int, position: int, state: StateFn
+    ) -> None:
+        """:meth:`on_advance` for a change made inside :meth:`atomic`: it counts only with the request's
+        :meth:`on_commit` (or a later change of the session). By default the same as :meth:`on_advance`."""
+        self.on_advance(principal, session_id, tokens, position, state)
+
+    def on_commit(self, principal: str, session_id: str) -> None:  # noqa: B027 - optional
+        """The unary request inside :meth:`atomic` is done: its changes of the session count."""
+
+    def atomic(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Held by the engine around a unary request with several changes (see the module docstring); entering
+        may wait (a snapshot in progress). A no-op by default."""
+        return NO_SCOPE
 
     @abstractmethod
     def on_close(self, principal: str, session_id: str, reason: str) -> None:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import json
 import logging
 import os
 import time
@@ -29,7 +27,8 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from service.durability import recovery, wal
+from service.durability import recovery, snapshot, statedir, wal
+from service.durability.gate import Gate
 from service.durability.hooks import Persistence, StateFn
 from service.durability.logwriter import LogWriter
 from service.errors import StateDirError
@@ -40,6 +39,9 @@ log = logging.getLogger("seqpred.durability")
 
 FORMAT = 1
 PENDING_STALE_S = 60.0
+#: How long a snapshot waits for the unary requests in progress (new ones wait for it meanwhile) before it gives up
+#: until the next interval. A request holds at most --max-generate-tokens steps, so it normally takes well under it.
+ATOMIC_PATIENCE_S = 10.0
 FSYNC_BUCKETS = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1, 0.25, 1.0)
 
 
@@ -97,6 +99,7 @@ class LocalLog(Persistence):
         self._lockfile: int | None = None
         self._replayed = 0
         self._pending: dict[tuple[str, str], float] = {}  # starts whose tokens are not logged yet -> since when
+        self._gate = Gate()  # unary requests inside atomic(); a snapshot drains it
 
     # -- hooks (event loop) -----------------------------------------------------------------------------------
 
@@ -120,6 +123,21 @@ class LocalLog(Persistence):
         self.writer.append(wal.encode_advance(time.time(), principal, session_id, tokens, position))
         if self._pending:
             self._pending.pop((principal, session_id), None)
+
+    def on_advance_part(
+        self, principal: str, session_id: str, tokens: np.ndarray | int, position: int, state: StateFn
+    ) -> None:
+        self.writer.append(wal.encode_advance(time.time(), principal, session_id, tokens, position, part=True))
+        if self._pending:
+            self._pending.pop((principal, session_id), None)
+
+    def on_commit(self, principal: str, session_id: str) -> None:
+        self.writer.append(wal.encode_commit(time.time(), principal, session_id))
+
+    def atomic(self) -> AbstractAsyncContextManager[None]:
+        """A unary request with several changes; waits while a snapshot waits for the ones in progress to end (so
+        that a snapshot never holds part of one: its records before the snapshot could not be voided)."""
+        return self._gate.hold()
 
     def on_close(self, principal: str, session_id: str, reason: str) -> None:
         self.writer.append(wal.encode_close(time.time(), principal, session_id, reason))
@@ -171,13 +189,9 @@ class LocalLog(Persistence):
         return len(loaded.sessions)
 
     def _lock_dir(self) -> None:
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise StateDirError(f"--state-dir: {str(self.dir)!r} is in use by another server") from None
-        self._lockfile = fd
+        self._lockfile = statedir.lock(self.dir)
+        if self._lockfile is None:
+            raise StateDirError(f"--state-dir: {str(self.dir)!r} is in use by another server")
 
     def _unlock_dir(self) -> None:
         if self._lockfile is not None:
@@ -185,34 +199,18 @@ class LocalLog(Persistence):
             self._lockfile = None
 
     def _check_meta(self, runtime: Runtime) -> None:
-        meta: dict[str, Any] = {
+        meta = {
             "format": FORMAT,
             "model_sha256": runtime.bundle.manifest_sha256,
             "state_names": list(runtime.state_names),
             "widths": self._widths,
             "dtype": self._dtype.name,
         }
-        path = self.dir / "meta.json"
-        if path.exists():
-            try:
-                old = json.loads(path.read_text())
-            except (OSError, ValueError) as e:
-                raise StateDirError(f"--state-dir: {str(path)!r} is unreadable: {e}") from None
-            if old != meta:
-                was = old.get("model_sha256") if isinstance(old, dict) else None
-                raise StateDirError(
-                    f"--state-dir: {str(self.dir)!r} holds sessions of another model or format "
-                    f"(model sha256 {str(was)[:12]}..., this one {meta['model_sha256'][:12]}...); "
-                    "use another --state-dir, or remove it to start without sessions"
-                )
-            return
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(meta, indent=1) + "\n")
-        os.replace(tmp, path)
-        wal.fsync_dir(self.dir)
+        statedir.check_meta(self.dir, meta)
 
     def start(self) -> None:
         self._snap_lock = asyncio.Lock()
+        self._gate.start()
         self.writer.start()
         if self._timer is None:
             self._timer = asyncio.get_running_loop().create_task(self._snapshot_forever())
@@ -231,28 +229,26 @@ class LocalLog(Persistence):
     async def snapshot(self, patience: float = 1.0) -> bool:
         """Copy every live session's state (batches paused) at a new segment boundary, write it, compact.
 
-        A snapshot must not hold a start (create, reset) whose tokens are not logged yet, or a crash could keep
-        the start without them: it waits (batches running meanwhile) until no start is pending, for at most
-        ``patience`` seconds; then it gives up (returns False), or with ``patience`` < 0 takes the snapshot."""
+        A snapshot must not hold a start (create, reset) whose tokens are not logged yet, nor part of a unary
+        request (:meth:`atomic`), or a crash could keep them without the rest: new unary requests wait while it
+        waits for those in progress to end (at most :data:`ATOMIC_PATIENCE_S`), then it waits (batches running
+        meanwhile) until no start is pending, for at most ``patience`` seconds; then it gives up (returns False),
+        or with ``patience`` < 0 takes the snapshot."""
         store, loop = self.store, asyncio.get_running_loop()
         if store is None or self._snap_lock is None:
             return False
         async with self._snap_lock:
             t0 = time.perf_counter()
-            stale = time.monotonic() - PENDING_STALE_S
-            for key in [k for k, since in self._pending.items() if since < stale]:
-                del self._pending[key]  # never resolved (should not happen): do not block snapshots forever
-            while True:
-                if self._pending and 0 <= patience < time.perf_counter() - t0:
-                    log.info("snapshot postponed: requests keep starting sessions")
-                    return False
-                async with self.pause() if self.pause is not None else contextlib.nullcontext():
-                    if not self._pending or patience < 0:
-                        seg = self.writer.rotate()
-                        self._snapped = self.writer.appended
-                        header, rows = self._capture(store)
-                        break
-                await asyncio.sleep(0.002)
+            if not await self._gate.drain(ATOMIC_PATIENCE_S if patience >= 0 else None):
+                log.info("snapshot postponed: unary requests in progress did not end")
+                return False
+            try:  # once the snapshot's boundary is set (or it gave up), unary requests go on
+                captured = await self._capture_settled(store, patience)
+            finally:
+                self._gate.reopen()
+            if captured is None:
+                return False
+            seg, header, rows = captured
             header["segment"] = seg
             nbytes = await loop.run_in_executor(None, self._persist, seg, header, rows)
             seconds = time.perf_counter() - t0
@@ -261,6 +257,27 @@ class LocalLog(Persistence):
             fields = {"sessions": len(rows), "bytes": nbytes, "seconds": round(seconds, 3), "segment": seg}
             log.info("snapshot", extra={"fields": fields})
             return True
+
+    async def _capture_settled(
+        self, store: SessionStore, patience: float
+    ) -> tuple[int, dict[str, Any], np.ndarray] | None:
+        """Rotate the log and capture every state once no start is pending (batches paused meanwhile); None when
+        starts kept pending longer than ``patience`` (>= 0) seconds."""
+        t0 = time.perf_counter()
+        stale = time.monotonic() - PENDING_STALE_S
+        for key in [k for k, since in self._pending.items() if since < stale]:
+            del self._pending[key]  # never resolved (should not happen): do not block snapshots forever
+        while True:
+            if self._pending and 0 <= patience < time.perf_counter() - t0:
+                log.info("snapshot postponed: requests keep starting sessions")
+                return None
+            async with self.pause() if self.pause is not None else contextlib.nullcontext():
+                if not self._pending or patience < 0:
+                    seg = self.writer.rotate()
+                    self._snapped = self.writer.appended
+                    header, rows = self._capture(store)
+                    return seg, header, rows
+            await asyncio.sleep(0.002)
 
     def _capture(self, store: SessionStore) -> tuple[dict[str, Any], np.ndarray]:
         now_m, now_w = time.monotonic(), time.time()
@@ -275,7 +292,7 @@ class LocalLog(Persistence):
         return header, rows
 
     def _persist(self, seg: int, header: dict[str, Any], rows: np.ndarray) -> int:
-        nbytes = wal.write_snapshot(wal.snapshot_path(self.dir, seg), header, rows)
+        nbytes = snapshot.write_snapshot(wal.snapshot_path(self.dir, seg), header, rows)
         for pattern in (wal.SNAPSHOT_RE, wal.SEGMENT_RE):
             for n, path in wal.numbered(self.dir, pattern):
                 if n < seg:

@@ -1,10 +1,11 @@
 """Recovery of durable sessions: load the newest snapshot, replay the log after it, rebuild the sessions.
 
-Replay is two passes. First the records are applied to a plain dictionary (create and reset: zero state at
-position 0; advance: the tokens are queued; close: the session is dropped), so a session that is closed later in
-the log costs nothing. Then every surviving session is created in the store, its snapshot state (if any) written
-to its slot, and all queued tokens of all sessions run through the runtime's sequence path, many sessions per
-call, in chunks of at most :data:`CHUNK` tokens per session.
+Replay is two passes. First the records are applied to a plain dictionary (:mod:`service.durability.replay`), so a
+session that is closed later in the log costs nothing. Then every surviving session is created in the store, its
+snapshot state (if any) written to its slot, and all queued tokens of all sessions run through the runtime's
+sequence path, many sessions per call, in chunks of at most :data:`CHUNK` tokens per session. Damage stops the
+load before anything changes (:func:`load`); ``seqpred durability salvage`` (:mod:`service.durability.salvage`)
+keeps what is intact.
 
 Also here: moving the state of many slots between the state memory and one ``[n, sum(widths)]`` array (for
 snapshots), whatever the memory's layout (host slab, CUDA buffers, or any :class:`StateMemory`).
@@ -15,13 +16,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from service.durability import wal
+from service.durability import replay, snapshot, wal
+from service.durability.replay import Loaded, Restored
 from service.errors import StateDirError
 from service.runtime.onnx_runtime import Runtime
 from service.runtime.state_memory import DeviceStateMemory, HostStateMemory, StateMemory
@@ -33,6 +34,13 @@ log = logging.getLogger("seqpred.durability")
 CHUNK = 1024
 MAX_CALL_TOKENS = 65_536
 _ROWS = 4096  # slots per gather/scatter when moving state in bulk
+
+
+def salvage_hint(directory: Path) -> str:
+    return (
+        f"nothing was changed; 'seqpred durability salvage {directory}' keeps every intact record and moves the "
+        "damaged file aside (docs/reliability.md, 'Damage')"
+    )
 
 
 # -- bulk state access -------------------------------------------------------------------------------------------
@@ -73,40 +81,17 @@ def write_rows(mem: StateMemory, slots: np.ndarray, rows: np.ndarray, widths: li
                 mem.write(int(s), [p[i] for p in parts])
 
 
-# -- replay ------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Restored:
-    """One session as the disk says it is: its snapshot state (row ``row`` of the snapshot; -1 = zero) plus the
-    tokens logged after it."""
-
-    principal: str
-    session_id: str
-    created: float  # wall clock
-    position: int
-    row: int = -1
-    tokens: list[np.ndarray] = field(default_factory=list)
-
-
-@dataclass
-class Loaded:
-    sessions: dict[tuple[str, str], Restored]
-    rows: np.ndarray | None  # the snapshot's states [n, sum(widths)]
-    snapshot: int  # number of the snapshot loaded, -1 for none
-    last_number: int  # highest snapshot or segment number seen, -1 for none
-    records: int = 0
-    truncated_bytes: int = 0
-    #: starts (create, reset) of requests in flight at the crash whose tokens never got logged: voided, and the
-    #: caller must log an UNDO for each, so that later records of the session do not revive them
-    undone: list[tuple[str, str]] = field(default_factory=list)
-    pending: dict[tuple[str, str], Restored | None] = field(default_factory=dict)
-    anomalies: int = 0  # advances of unknown sessions or with unexpected positions (should stay 0)
+# -- loading a state directory ------------------------------------------------------------------------------
 
 
 def load(directory: Path, widths: list[int], dtype: np.dtype[Any]) -> Loaded:
-    """Read the newest snapshot and apply the log after it; a torn tail of the last segment is truncated (and
-    logged); stale files (before the snapshot, half-written snapshots) are deleted."""
+    """Read the newest snapshot and apply the log after it (:mod:`service.durability.replay`).
+
+    A torn tail (the newest segment's last record cut short or failing its checksum, nothing well-framed after
+    it: a crash in the middle of a write) is truncated, with a warning. Anything else that is bad stops here with
+    a StateDirError naming the file and the byte, before anything is changed: a bad record that well-framed records
+    follow (damage), a bad record in an older segment, a damaged snapshot. Stale files (before the snapshot,
+    half-written snapshots) are deleted."""
     for tmp in directory.glob("snap-*.tmp"):
         tmp.unlink()
     snaps = wal.numbered(directory, wal.SNAPSHOT_RE)
@@ -116,7 +101,9 @@ def load(directory: Path, widths: list[int], dtype: np.dtype[Any]) -> Loaded:
     if snaps:
         base, path = snaps[-1]
         try:
-            header, rows = wal.read_snapshot(path)
+            header, rows = snapshot.read_snapshot(path)
+        except snapshot.SnapshotDamage as e:
+            raise StateDirError(f"--state-dir: snapshot {str(path)!r} is {e}; {salvage_hint(directory)}") from None
         except (OSError, ValueError, KeyError) as e:
             raise StateDirError(f"--state-dir: snapshot {str(path)!r} is unreadable: {e}") from None
         if header.get("widths") != widths or np.dtype(header.get("dtype")) != dtype:
@@ -126,69 +113,38 @@ def load(directory: Path, widths: list[int], dtype: np.dtype[Any]) -> Loaded:
             )
         for i, (principal, sid, position, created) in enumerate(header["sessions"]):
             sessions[(principal, sid)] = Restored(principal, sid, float(created), int(position), i)
+    live = [(n, p) for n, p in segs if n >= base]
+    scans = []
+    for i, (_, path) in enumerate(live):
+        data = path.read_bytes()
+        sc = wal.scan(data)
+        if sc.problem:
+            follows = wal.resync(data, sc.good)
+            if follows is not None or i < len(live) - 1:
+                after = (
+                    f"well-formed records follow at byte {follows}, so it is not a torn tail"
+                    if follows is not None
+                    else "later segments depend on it"
+                )
+                raise StateDirError(
+                    f"--state-dir: log segment {str(path)!r} is damaged at byte {sc.good} ({sc.problem}; {after}); "
+                    f"{salvage_hint(directory)}"
+                )
+        scans.append((path, sc))
     for path in [p for _, p in snaps[:-1]] + [p for n, p in segs if n < base]:
         path.unlink()
-    live = [(n, p) for n, p in segs if n >= base]
     out = Loaded(sessions, rows, base, max([base] + [n for n, _ in live]))
-    for i, (_, path) in enumerate(live):
-        sc = wal.scan(path.read_bytes())
+    for path, sc in scans:
         if sc.problem:
-            if i < len(live) - 1:
-                raise StateDirError(
-                    f"--state-dir: log segment {str(path)!r} is corrupt at byte {sc.good} ({sc.problem}) and later "
-                    "segments depend on it; move the directory aside to start without sessions"
-                )
             log.warning(
                 "session log: truncated a torn tail",
                 extra={"fields": {"file": str(path), "offset": sc.good, "bytes": sc.size - sc.good, "why": sc.problem}},
             )
             os.truncate(path, sc.good)
             out.truncated_bytes = sc.size - sc.good
-        _apply(out, sc.records)
-    out.undone = list(out.pending)
-    for key in out.undone:
-        _undo(out, key)
+        replay.apply(out, sc.records)
+    replay.settle(out)
     return out
-
-
-def _apply(out: Loaded, records: list[wal.Record]) -> None:
-    sessions = out.sessions
-    pending = out.pending
-    for r in records:
-        key = (r.principal, r.session_id)
-        if r.kind == wal.UNDO:  # an earlier recovery voided the start still pending: do it again
-            if key in pending:
-                _undo(out, key)
-            continue
-        if key in pending:  # a later record of the session: its start happened (see Persistence.on_start)
-            del pending[key]
-        if r.kind == wal.ADVANCE:
-            s = sessions.get(key)
-            assert r.tokens is not None
-            if s is None:
-                out.anomalies += 1
-                continue
-            s.tokens.append(r.tokens)
-            s.position += len(r.tokens)
-            if s.position != r.position:
-                out.anomalies += 1
-                s.position = r.position
-        elif r.kind in (wal.CREATE, wal.RESET):
-            if r.then:  # counts only if the request's tokens follow: keep what it replaced until they do
-                pending[key] = sessions.get(key)
-            sessions[key] = Restored(r.principal, r.session_id, r.wall, 0)
-        else:
-            sessions.pop(key, None)
-    out.records += len(records)
-
-
-def _undo(out: Loaded, key: tuple[str, str]) -> None:
-    """A start whose tokens were never logged (a crash in between) did not happen: put back what it replaced."""
-    before = out.pending.pop(key)
-    if before is None:
-        out.sessions.pop(key, None)
-    else:
-        out.sessions[key] = before
 
 
 def restore(store: SessionStore, runtime: Runtime, loaded: Loaded, widths: list[int]) -> int:

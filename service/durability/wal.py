@@ -1,40 +1,42 @@
-"""The on-disk formats of durable sessions: log records, log segments and state snapshots. No I/O policy here.
+"""The on-disk format of the session log: records and log segments. No I/O policy here (snapshots:
+:mod:`service.durability.snapshot`).
 
 A state directory holds ``meta.json`` (format, model sha256, state layout), log segments ``log-NNNNNNNNNNNN.seg``
 and snapshots ``snap-NNNNNNNNNNNN.bin``. Segment numbers only grow; snapshot ``n`` holds every live session as it
 was when segment ``n`` was opened, so recovery loads the newest snapshot ``n`` and replays segments ``>= n``.
+Salvage moves damaged files into ``damaged/`` (never deleted; no name there matches a segment or snapshot).
 
 A segment is a sequence of records, each ``<u32 length><u32 crc32(payload)>payload`` (little-endian), payload::
 
     <u8 kind><f64 wall time><u16 len(principal)><u16 len(id)>principal id  (UTF-8)
-    ADVANCE: <u64 position after><u32 n><u32 token> * n
+    ADVANCE, PART: <u64 position after><u32 n><u32 token> * n
     CLOSE:   <u8 reason>
     CREATE, RESET: <u32 then>         (tokens the same request feeds next: the start counts only with them)
-    UNDO:    nothing                  (written by a recovery: the session's start whose tokens never came is void)
+    UNDO:    nothing                  (written by a recovery: the session's start whose tokens never came, and its
+                                       request's PART records not committed, are void)
+    COMMIT:  nothing                  (the session's PART records so far count)
 
-A crash can leave the last record torn (short, or with a checksum that does not match): :func:`scan` stops at
-the first bad record and reports where, so the caller can truncate the tail.
+PART is an ADVANCE made by a unary request that makes several (a ``Predict`` with ``generate``): it counts only
+once a COMMIT, or any other record of the session, follows; a crash before that voids the whole request.
 
-A snapshot is ``MAGIC <u64 len(header)> header (JSON) rows <u32 crc32 of all before>``; the header lists the
-sessions ``[principal, id, position, created (wall)]`` in row order, the state ``dtype`` and ``widths``; the rows
-are one array ``[n, sum(widths)]`` of raw little-endian values (each session's state tensors side by side). Never
-pickled: read back with ``np.frombuffer``.
+A crash can leave the last record torn (cut short, or its checksum failing because its bytes never reached the
+disk): :func:`scan` stops at the first bad record and reports where. A bad record that well-framed records follow
+(:func:`resync` finds the next one) is damage, not a torn write.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-CREATE, RESET, ADVANCE, CLOSE, UNDO = 1, 2, 3, 4, 5
+CREATE, RESET, ADVANCE, CLOSE, UNDO, PART, COMMIT = 1, 2, 3, 4, 5, 6, 7
+KINDS = (CREATE, RESET, ADVANCE, CLOSE, UNDO, PART, COMMIT)
 REASONS = ("end", "close", "idle", "lifetime")
 _REASON_CODE = {r: i for i, r in enumerate(REASONS)}
 
@@ -45,15 +47,14 @@ _U32 = struct.Struct("<I")
 #: A record longer than this is corruption, not data (a request holds at most a few thousand tokens).
 MAX_RECORD = 1 << 26
 
-SNAP_MAGIC = b"SEQPRED-SNAPSHOT-1\n"
 SEGMENT_RE = re.compile(r"^log-(\d{12})\.seg$")
 SNAPSHOT_RE = re.compile(r"^snap-(\d{12})\.bin$")
 
 
 @dataclass(frozen=True)
 class Record:
-    """One logged change of session ``(principal, session_id)``; ``tokens``/``position`` for ADVANCE, ``reason``
-    for CLOSE, ``then`` for CREATE and RESET."""
+    """One logged change of session ``(principal, session_id)``; ``tokens``/``position`` for ADVANCE and PART,
+    ``reason`` for CLOSE, ``then`` for CREATE and RESET."""
 
     kind: int
     wall: float
@@ -79,12 +80,19 @@ def encode_reset(wall: float, principal: str, session_id: str, then: int = 0) ->
     return _pack(RESET, wall, principal, session_id, _U32.pack(then))
 
 
-def encode_advance(wall: float, principal: str, session_id: str, tokens: np.ndarray | int, position: int) -> bytes:
+def encode_advance(
+    wall: float, principal: str, session_id: str, tokens: np.ndarray | int, position: int, part: bool = False
+) -> bytes:
+    """An ADVANCE record, or with ``part`` a PART record (see the module docstring)."""
     if isinstance(tokens, int):
         body = _ADV.pack(position, 1) + _U32.pack(tokens)
     else:
         body = _ADV.pack(position, len(tokens)) + np.asarray(tokens, dtype="<u4").tobytes()
-    return _pack(ADVANCE, wall, principal, session_id, body)
+    return _pack(PART if part else ADVANCE, wall, principal, session_id, body)
+
+
+def encode_commit(wall: float, principal: str, session_id: str) -> bytes:
+    return _pack(COMMIT, wall, principal, session_id)
 
 
 def encode_undo(wall: float, principal: str, session_id: str) -> bytes:
@@ -105,13 +113,13 @@ def decode(payload: bytes) -> Record:
     if kind in (CREATE, RESET):
         rest = 4
         rec = Record(kind, wall, principal, session_id, then=_U32.unpack_from(payload, o)[0])
-    elif kind == ADVANCE:
+    elif kind in (ADVANCE, PART):
         position, n = _ADV.unpack_from(payload, o)
         o += _ADV.size
         tokens = np.frombuffer(payload, dtype="<u4", count=n, offset=o).astype(np.int64)
         rest = 4 * n
         rec = Record(kind, wall, principal, session_id, tokens, position)
-    elif kind == UNDO:
+    elif kind in (UNDO, COMMIT):
         rest = 0
         rec = Record(kind, wall, principal, session_id)
     elif kind == CLOSE:
@@ -164,47 +172,31 @@ def scan(data: bytes) -> Scan:
     return Scan(records, o, n, problem)
 
 
-# -- snapshots ---------------------------------------------------------------------------------------------------
+def well_framed(data: bytes, o: int) -> bool:
+    """Whether a whole, checksummed, decodable record starts at byte ``o`` of ``data``."""
+    if len(data) - o < _HEAD.size + _COMMON.size:
+        return False
+    length, crc = _HEAD.unpack_from(data, o)
+    p = o + _HEAD.size
+    if not _COMMON.size <= length <= min(MAX_RECORD, len(data) - p) or data[p] not in KINDS:
+        return False
+    payload = data[p : p + length]
+    if zlib.crc32(payload) != crc:
+        return False
+    try:
+        decode(payload)
+    except (ValueError, struct.error, UnicodeDecodeError, IndexError):
+        return False
+    return True
 
 
-def write_snapshot(path: Path, header: dict[str, Any], rows: np.ndarray) -> int:
-    """Write a snapshot atomically (temporary file, fsync, rename, fsync of the directory); returns its bytes."""
-    head = json.dumps(header, separators=(",", ":")).encode()
-    data = np.ascontiguousarray(rows, dtype=np.dtype(header["dtype"]).newbyteorder("<"))
-    body = data.reshape(-1).view(np.uint8).data
-    parts: list[bytes | memoryview] = [SNAP_MAGIC, struct.pack("<Q", len(head)), head, body]
-    crc = 0
-    for p in parts:
-        crc = zlib.crc32(p, crc)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        for p in parts:
-            f.write(p)
-        f.write(struct.pack("<I", crc))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-    return len(SNAP_MAGIC) + 8 + len(head) + data.nbytes + 4
-
-
-def read_snapshot(path: Path) -> tuple[dict[str, Any], np.ndarray]:
-    """``(header, rows [n, sum(widths)])``; ValueError naming the problem when the file is not a valid snapshot."""
-    data = path.read_bytes()
-    m = len(SNAP_MAGIC)
-    if len(data) < m + 12 or data[:m] != SNAP_MAGIC:
-        raise ValueError("not a seqpred snapshot (bad magic or too short)")
-    if zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
-        raise ValueError("checksum mismatch")
-    (hlen,) = struct.unpack_from("<Q", data, m)
-    header = json.loads(data[m + 8 : m + 8 + hlen])
-    dtype = np.dtype(header["dtype"]).newbyteorder("<")
-    n, width = len(header["sessions"]), int(sum(header["widths"]))
-    body = data[m + 8 + hlen : -4]
-    if len(body) != n * width * dtype.itemsize:
-        raise ValueError(f"{len(body)} bytes of state for {n} sessions of width {width}")
-    rows = np.frombuffer(body, dtype=dtype).reshape(n, width).astype(dtype.newbyteorder("="))
-    return header, rows
+def resync(data: bytes, bad: int) -> int | None:
+    """The first byte after ``bad`` (where a record failed) at which a well-framed record starts, or None: then the
+    bad record is the last thing in ``data`` (a torn tail, when ``data`` is the newest segment)."""
+    for o in range(bad + 1, len(data) - _HEAD.size - _COMMON.size + 1):
+        if well_framed(data, o):
+            return o
+    return None
 
 
 # -- directory layout --------------------------------------------------------------------------------------------

@@ -102,9 +102,9 @@ class Batcher(BatchExecution):
         #: else and runs at once. Left at its default, batches are always formed on the next turn of the loop.
         self.open_rpcs = 1 << 30
         self.batch_hook: Callable[[str, list[Job]], None] | None = None  # tests: sees every batch formed
-        #: ``journal(slot, tokens, position)`` for every job that consumed tokens, as soon as it is booked and
-        #: before any later job of its session runs or its future resolves (persistence hooks).
-        self.journal: Callable[[int, Any, int], None] | None = None
+        #: ``journal(slot, tokens, position, held)`` for every job that consumed tokens, as soon as it is booked
+        #: and before any later job of its session runs or its future resolves (persistence hooks).
+        self.journal: Callable[[int, Any, int, bool], None] | None = None
         self._paused = 0  # quiesce() in progress: no new batch starts
 
     @staticmethod
@@ -278,7 +278,7 @@ class Batcher(BatchExecution):
                 n = 1 if j.kind == STEP else len(j.tokens)
             j.position = self.store.finish(slot, n)
             if n and self.journal is not None:
-                self.journal(slot, j.tokens, j.position)
+                self.journal(slot, j.tokens, j.position, j.held)
             q = self._waiting.get(slot)
             if q:
                 self._ready(q.popleft())

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from model.train.evaluate import sample_next
-from service.durability.hooks import Persistence
+from service.durability.hooks import NO_SCOPE, Persistence
 from service.engine.batcher import Batcher
 from service.engine.jobs import HEAD, SCORE, SEQ, STEP, Job
 from service.engine.requests import GenerateSpec, Reply, Request, ScoreResult, SessionView
@@ -130,12 +130,13 @@ class Engine(RequestChecks, EngineSessions):
         sid, slot = self._session(r, time.monotonic(), history_needed, then)
         return inputs, sid, slot
 
-    def _job(self, slot: int, inputs: np.ndarray | int | None, score: bool, top_k: int, want_next: bool) -> Job:
+    def _job(
+        self, slot: int, inputs: np.ndarray | int | None, score: bool, top_k: int, want_next: bool, held: bool = False
+    ) -> Job:
         if inputs is None:
             return Job(HEAD, slot, None, top_k=top_k, want_next=True)
-        if isinstance(inputs, int):
-            return Job(STEP, slot, inputs, score=score, top_k=top_k, want_next=want_next)
-        return Job(SEQ, slot, inputs, score=score, top_k=top_k, want_next=want_next)
+        kind = STEP if isinstance(inputs, int) else SEQ
+        return Job(kind, slot, inputs, score=score, top_k=top_k, want_next=want_next, held=held)
 
     async def request(self, r: Request) -> Reply:
         """A request without generation: one reply. Raises ServiceError (with ``session_id`` set when known)."""
@@ -166,22 +167,28 @@ class Engine(RequestChecks, EngineSessions):
             await self._durable_for(r.principal, sid)
         return reply
 
-    async def generate(self, r: Request) -> AsyncIterator[Reply]:
-        """A request with generation: one reply per generated token, the last with ``final``."""
+    async def generate(self, r: Request, unary: bool = False) -> AsyncIterator[Reply]:
+        """A request with generation: one reply per generated token, the last with ``final``.
+
+        ``unary``: the caller answers only once, after the last reply (``Predict``), so the request's changes of the
+        session are one change for the persistence (:meth:`Persistence.atomic`: after a crash, all or none) and
+        only the last reply waits until they are durable."""
         g = r.generate
         if g is None:
             raise InvalidArgument("request: Engine.generate needs generate parameters")
         if r.session_id:
             check_session_id(r.session_id)
-        async with self._scope(r), contextlib.aclosing(self._generate(r, g)) as replies:
+        atomic = self.persistence.atomic() if unary and self.persistence is not None else NO_SCOPE
+        async with self._scope(r), atomic, contextlib.aclosing(self._generate(r, g, unary)) as replies:
             async for reply in replies:
                 yield reply
 
-    async def _generate(self, r: Request, g: GenerateSpec) -> AsyncGenerator[Reply, None]:
+    async def _generate(self, r: Request, g: GenerateSpec, unary: bool) -> AsyncGenerator[Reply, None]:
         inputs, sid, slot = self._prepare(r)
+        held = unary and self.persistence is not None
         try:
             try:
-                job = await self.batcher.submit(self._job(slot, inputs, r.score, 0, True))
+                job = await self.batcher.submit(self._job(slot, inputs, r.score, 0, True, held))
             except ServiceError:
                 self._start_failed(r, sid, inputs)
                 raise
@@ -197,21 +204,28 @@ class Engine(RequestChecks, EngineSessions):
                 last = i == g.max_tokens - 1
                 if i:  # another stream may have ended, reset or let expire the session while we were sending
                     self._still_live(sid, slot, r.principal)
-                job = await self.batcher.submit(Job(STEP, slot, tok, top_k=r.top_k if last else 0, want_next=not last))
+                step = Job(STEP, slot, tok, top_k=r.top_k if last else 0, want_next=not last, held=held)
+                job = await self.batcher.submit(step)
                 lp = job.logprobs
                 reply = Reply(sid, job.position, r.request_id, last, generated=[(tok, tok_lp)])
                 if i == 0:
                     reply.token_logprobs = scores
                 if last:
                     reply.top_ids, reply.top_logprobs = job.topk_ids, job.topk_lp
+                    if held:
+                        self._commit(r.principal, sid)
+                        held = False
                     if r.end:
                         reply.ended = self._end(sid, r.principal)
-                if self.persistence is not None:
+                if self.persistence is not None and (last or not unary):
                     await self._durable_for(r.principal, sid)
                 yield reply
         except ServiceError as e:
             e.session_id = sid
             raise
+        finally:
+            if held:  # failed or cancelled half-way: what ran stays applied (in memory, and so in the log)
+                self._commit(r.principal, sid)
 
     async def score(self, sequences: Sequence[tuple[Sequence[int], str]], top_k: int = 0) -> list[ScoreResult]:
         """Stateless scoring of ``[(tokens, text)]`` from the zero state, batched."""

@@ -26,6 +26,7 @@ class Job:
     __slots__ = (
         "error",
         "future",
+        "held",
         "kind",
         "lengths",
         "logprobs",
@@ -50,11 +51,13 @@ class Job:
         top_k: int = 0,
         want_next: bool = False,
         lengths: Any = None,
+        held: bool = False,
     ) -> None:
         self.kind = kind
         self.slot = slot
         self.tokens = tokens  # STEP: int; SEQ: int64 array [n]; SCORE: padded [B, T]; HEAD: None
         self.lengths = lengths  # SCORE only
+        self.held = held  # part of a unary request whose changes count only together (Persistence.atomic)
         self.score = score
         self.top_k = top_k
         self.want_next = want_next or top_k > 0

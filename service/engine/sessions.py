@@ -34,13 +34,20 @@ class EngineSessions:
 
     # -- persistence ------------------------------------------------------------------------------------------
 
-    def _journal(self, slot: int, tokens: Any, position: int) -> None:
+    def _journal(self, slot: int, tokens: Any, position: int, held: bool = False) -> None:
         """The batcher booked tokens for ``slot``: report them if its session is still live (not reset or
-        removed while the step ran: those tokens went to a state nobody will see again)."""
+        removed while the step ran: those tokens went to a state nobody will see again). ``held``: a job of a
+        unary request inside ``Persistence.atomic``."""
         who = self.store.session_at(slot)
         if who is not None and self.persistence is not None:
             mem = self.store.memory
-            self.persistence.on_advance(who[0], who[1], tokens, position, lambda: mem.read(slot))
+            report = self.persistence.on_advance_part if held else self.persistence.on_advance
+            report(who[0], who[1], tokens, position, lambda: mem.read(slot))
+
+    def _commit(self, principal: str, sid: str) -> None:
+        """The unary request inside ``Persistence.atomic`` is done with session ``sid``."""
+        if self.persistence is not None:
+            self.persistence.on_commit(principal, sid)
 
     def _start_failed(self, r: Request, sid: str, inputs: np.ndarray | int | None) -> None:
         """The tokens of a request that created or reset its session were not consumed (the batch failed): report
