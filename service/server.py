@@ -98,11 +98,9 @@ class SeqpredServer:
             self.runtime.new_state_memory(settings.max_sessions), settings.idle_timeout, settings.max_lifetime
         )
         self.metrics = Metrics(lambda: float(len(self.store)))
-        executor = (
-            ThreadPoolExecutor(settings.batch_threads, thread_name_prefix="seqpred-batch")
-            if settings.batch_threads
-            else None
-        )
+        # batches too long for the event loop run here (onnxruntime releases the GIL), so health checks and other
+        # clients are answered meanwhile; cheap ones still run on the loop (service.engine.batcher)
+        executor = ThreadPoolExecutor(settings.batch_threads, thread_name_prefix="seqpred-batch")
         self.batcher = Batcher(
             self.runtime,
             self.store,

@@ -50,7 +50,11 @@ class Settings:
         default=500, metadata=_meta("longest a step waits for the previous batch's sessions to come back (0 = never)")
     )
     batch_threads: int = field(
-        default=0, metadata=_meta("threads that run batches (0 = on the event loop, lowest latency for small models)")
+        default=2,
+        metadata=_meta(
+            "threads that run the batches too long for the event loop (one per lane: more do not help; "
+            "cheap batches run on the loop)"
+        ),
     )
     max_request_tokens: int = field(default=4096, metadata=_meta("most tokens in one request or sequence"))
     max_generate_tokens: int = field(default=1024, metadata=_meta("most tokens one request may generate"))
@@ -109,7 +113,7 @@ class Settings:
             ("sweep_interval", self.sweep_interval > 0, "> 0"),
             ("max_batch", self.max_batch >= 1, ">= 1"),
             ("batch_wait_us", self.batch_wait_us >= 0, ">= 0"),
-            ("batch_threads", self.batch_threads >= 0, ">= 0"),
+            ("batch_threads", self.batch_threads >= 1, ">= 1 (heavy batches never run on the event loop)"),
             ("max_request_tokens", self.max_request_tokens >= 1, ">= 1"),
             ("max_generate_tokens", self.max_generate_tokens >= 1, ">= 1"),
             ("max_score_sequences", self.max_score_sequences >= 1, ">= 1"),
