@@ -61,7 +61,18 @@ class Settings:
     max_score_sequences: int = field(default=256, metadata=_meta("most sequences in one Score request"))
     max_top_k: int = field(default=100, metadata=_meta("largest top_k a request may ask for"))
     max_concurrent_rpcs: int = field(
-        default=10_000, metadata=_meta("open RPCs (streams included) beyond which new ones get RESOURCE_EXHAUSTED")
+        default=10_000,
+        metadata=_meta(
+            "open seqpred RPCs (streams included; with --auth-tokens only authenticated ones count) beyond which new "
+            "ones get RESOURCE_EXHAUSTED"
+        ),
+    )
+    max_public_streams: int = field(
+        default=256,
+        metadata=_meta("open health Watch and reflection streams (served without a token) in all; more: refused"),
+    )
+    max_public_streams_per_peer: int = field(
+        default=16, metadata=_meta("open health Watch and reflection streams from one client address (0 = no limit)")
     )
     max_message_bytes: int = field(
         default=16 * 1024 * 1024, metadata=_meta("largest request message accepted (larger: RESOURCE_EXHAUSTED)")
@@ -119,6 +130,8 @@ class Settings:
             ("max_score_sequences", self.max_score_sequences >= 1, ">= 1"),
             ("max_top_k", self.max_top_k >= 1, ">= 1"),
             ("max_concurrent_rpcs", self.max_concurrent_rpcs >= 1, ">= 1"),
+            ("max_public_streams", self.max_public_streams >= 1, ">= 1"),
+            ("max_public_streams_per_peer", self.max_public_streams_per_peer >= 0, ">= 0 (0 = no limit)"),
             ("max_message_bytes", self.max_message_bytes >= 1024, ">= 1024"),
             ("max_sessions_per_principal", self.max_sessions_per_principal >= 0, ">= 0 (0 = no quota)"),
             ("tls_key", bool(self.tls_cert) == bool(self.tls_key), "given together with --tls-cert"),
