@@ -113,6 +113,13 @@ class Settings:
     redis_url: str = field(
         default="redis://localhost:6379/0", metadata=_meta("the Redis server of --store redis (redis:// or rediss://)")
     )
+    redis_timeout: float = field(
+        default=10.0,
+        metadata=_meta(
+            "seconds to wait for Redis to answer (--store redis); a write Redis would run more than half of it after "
+            "it was sent is refused, so a request reported failed is never applied later"
+        ),
+    )
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [
@@ -148,6 +155,7 @@ class Settings:
             ("store", self.store in STORES, f"one of {', '.join(STORES)}"),
             ("store", self.store != "redis" or self.durability == "none", "memory with --durability"),
             ("redis_url", self.redis_url.startswith(("redis://", "rediss://", "unix://")), "a redis:// URL"),
+            ("redis_timeout", self.redis_timeout > 0, "> 0"),
         ]
         for name, ok, want in checks:
             if not ok:
