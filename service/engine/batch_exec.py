@@ -58,41 +58,45 @@ class BatchExecution:
         rate = self.rates[kind]
         return rate is not None and rate * tokens <= INLINE_SECONDS
 
-    def _measured(self, kind: int, tokens: int, seconds: float) -> None:
-        rate, old = seconds / max(tokens, 1), self.rates[kind]
+    def _measured(self, kind: int, tokens: int, cpu_seconds: float) -> None:
+        rate, old = cpu_seconds / max(tokens, 1), self.rates[kind]
         self.rates[kind] = rate if old is None else old + RATE_WEIGHT * (rate - old)
 
-    def _timed(self, jobs: list[Job], first_pos: list[int]) -> float:
-        t0 = time.perf_counter()
+    def _timed(self, jobs: list[Job], first_pos: list[int]) -> tuple[float, float]:
+        """Run a batch; ``(CPU seconds of this thread, wall seconds)``. The estimate uses CPU time, the work itself:
+        wall time also counts the time the thread waited for a core, and on a busy machine would send cheap
+        batches to the executor, where they cost more."""
+        c0, t0 = time.thread_time(), time.perf_counter()
         self._execute(jobs, first_pos)
-        return time.perf_counter() - t0
+        return time.thread_time() - c0, time.perf_counter() - t0
 
     def _dispatch(
         self, jobs_run: list[Job], first_pos: list[int], done: Callable[[BaseException | None, float], None]
     ) -> None:
-        """Run a batch on the loop or in the executor (:meth:`inline`); then ``done(error, seconds)``, on the loop."""
+        """Run a batch on the loop or in the executor (:meth:`inline`); then ``done(error, wall seconds)``, on the
+        loop."""
         kind, tokens = jobs_run[0].kind, padded_tokens(jobs_run)
         if self.inline(kind, tokens):
             t0 = time.perf_counter()
             try:
-                self._execute(jobs_run, first_pos)
+                cpu, seconds = self._timed(jobs_run, first_pos)
+                self._measured(kind, tokens, cpu)
                 err: BaseException | None = None
             except Exception as e:
-                err = e
-            seconds = time.perf_counter() - t0
-            if err is None:
-                self._measured(kind, tokens, seconds)
+                err, seconds = e, time.perf_counter() - t0
             done(err, seconds)
             return
         assert self._loop is not None
         t0 = time.perf_counter()
         cf = self._loop.run_in_executor(self.executor, self._timed, jobs_run, first_pos)
 
-        def finished(f: asyncio.Future[float]) -> None:
+        def finished(f: asyncio.Future[tuple[float, float]]) -> None:
             err = f.exception()
-            seconds = time.perf_counter() - t0 if err is not None else f.result()
             if err is None:
-                self._measured(kind, tokens, seconds)
+                cpu, seconds = f.result()
+                self._measured(kind, tokens, cpu)
+            else:
+                seconds = time.perf_counter() - t0
             done(err, seconds)
 
         cf.add_done_callback(finished)

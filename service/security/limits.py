@@ -128,6 +128,7 @@ class RpcLimits(grpc.aio.ServerInterceptor):
             ("--max-public-streams", "--max-public-streams-per-peer"),
         )
         self.on_reject = on_reject
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}  # method -> (it, counted)
 
     async def intercept_service(
         self,
@@ -138,10 +139,15 @@ class RpcLimits(grpc.aio.ServerInterceptor):
         method: str = handler_call_details.method
         if handler is None:
             return handler
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:  # the counting happens per call, inside; build it once
+            return known[1]
         if method.startswith(PUBLIC_STREAMS):
             pool = self.public
         elif method.startswith(OPEN_METHODS):
             return handler  # health Check: short, and what probes call
         else:
             pool = self.service
-        return method_handler(handler, _counted(pool, behavior_of(handler), self.on_reject))
+        counted = method_handler(handler, _counted(pool, behavior_of(handler), self.on_reject))
+        self._wrapped[method] = (handler, counted)
+        return counted
