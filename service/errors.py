@@ -71,6 +71,10 @@ class QuotaExhausted(CapacityExhausted):
     """The principal holds its quota of sessions (``--max-sessions-per-principal``)."""
 
 
+class TooManyRpcs(ServiceError):
+    """An RPC beyond a concurrency limit (``--max-concurrent-rpcs``, ``--max-public-streams[-per-peer]``)."""
+
+
 class Unauthenticated(ServiceError):
     """No bearer token, or one that is not in the server's token file."""
 
@@ -113,6 +117,7 @@ STATUS_CODES: dict[type[Exception], str] = {
     InvalidArgument: "INVALID_ARGUMENT",
     SessionNotFound: "NOT_FOUND",
     CapacityExhausted: "RESOURCE_EXHAUSTED",
+    TooManyRpcs: "RESOURCE_EXHAUSTED",
     ShuttingDown: "UNAVAILABLE",
     SessionConflict: "ABORTED",
     StoreUnavailable: "UNAVAILABLE",

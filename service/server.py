@@ -38,6 +38,7 @@ from service.metrics import Metrics
 from service.runtime.bundle import load_bundle
 from service.runtime.onnx_runtime import Runtime
 from service.security.auth import AuthInterceptor, load_tokens
+from service.security.limits import RpcLimits
 from service.security.tls import server_credentials
 from service.settings import DEFAULT_MODEL_DIR, Settings
 from service.store.memory import MemoryStore
@@ -98,11 +99,9 @@ class SeqpredServer:
             self.runtime.new_state_memory(settings.max_sessions), settings.idle_timeout, settings.max_lifetime
         )
         self.metrics = Metrics(lambda: float(len(self.store)))
-        executor = (
-            ThreadPoolExecutor(settings.batch_threads, thread_name_prefix="seqpred-batch")
-            if settings.batch_threads
-            else None
-        )
+        # batches too long for the event loop run here (onnxruntime releases the GIL), so health checks and other
+        # clients are answered meanwhile; cheap ones still run on the loop (service.engine.batcher)
+        executor = ThreadPoolExecutor(settings.batch_threads, thread_name_prefix="seqpred-batch")
         self.batcher = Batcher(
             self.runtime,
             self.store,
@@ -117,15 +116,23 @@ class SeqpredServer:
         self.engine = Engine(settings, self.runtime, self.store, self.batcher, self.metrics, self.persistence)
         self.health = HealthServicer()
         credentials = server_credentials(settings)
-        interceptors = []
+        interceptors: list[grpc.aio.ServerInterceptor] = []
         if settings.auth_tokens:
             tokens = load_tokens(settings.auth_tokens)
             interceptors.append(AuthInterceptor(tokens, self.engine.count_error))
             if credentials is None:
                 log.warning("bearer tokens over plaintext: anyone on the path can read them; set --tls-cert/--tls-key")
+        # after authentication, so that only authenticated calls count against --max-concurrent-rpcs and tokenless
+        # streams have their own pool (gRPC's maximum_concurrent_rpcs would count both together)
+        self.limits = RpcLimits(
+            settings.max_concurrent_rpcs,
+            settings.max_public_streams,
+            settings.max_public_streams_per_peer,
+            self.engine.count_error,
+        )
+        interceptors.append(self.limits)
         self.grpc = grpc.aio.server(
-            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
-            interceptors=interceptors or None,
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", max(MAX_MESSAGE_BYTES, settings.max_message_bytes)),

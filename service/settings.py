@@ -50,14 +50,29 @@ class Settings:
         default=500, metadata=_meta("longest a step waits for the previous batch's sessions to come back (0 = never)")
     )
     batch_threads: int = field(
-        default=0, metadata=_meta("threads that run batches (0 = on the event loop, lowest latency for small models)")
+        default=2,
+        metadata=_meta(
+            "threads that run the batches too long for the event loop (one per lane: more do not help; "
+            "cheap batches run on the loop)"
+        ),
     )
     max_request_tokens: int = field(default=4096, metadata=_meta("most tokens in one request or sequence"))
     max_generate_tokens: int = field(default=1024, metadata=_meta("most tokens one request may generate"))
     max_score_sequences: int = field(default=256, metadata=_meta("most sequences in one Score request"))
     max_top_k: int = field(default=100, metadata=_meta("largest top_k a request may ask for"))
     max_concurrent_rpcs: int = field(
-        default=10_000, metadata=_meta("open RPCs (streams included) beyond which new ones get RESOURCE_EXHAUSTED")
+        default=10_000,
+        metadata=_meta(
+            "open seqpred RPCs (streams included; with --auth-tokens only authenticated ones count) beyond which new "
+            "ones get RESOURCE_EXHAUSTED"
+        ),
+    )
+    max_public_streams: int = field(
+        default=256,
+        metadata=_meta("open health Watch and reflection streams (served without a token) in all; more: refused"),
+    )
+    max_public_streams_per_peer: int = field(
+        default=16, metadata=_meta("open health Watch and reflection streams from one client address (0 = no limit)")
     )
     max_message_bytes: int = field(
         default=16 * 1024 * 1024, metadata=_meta("largest request message accepted (larger: RESOURCE_EXHAUSTED)")
@@ -98,6 +113,13 @@ class Settings:
     redis_url: str = field(
         default="redis://localhost:6379/0", metadata=_meta("the Redis server of --store redis (redis:// or rediss://)")
     )
+    redis_timeout: float = field(
+        default=10.0,
+        metadata=_meta(
+            "seconds to wait for Redis to answer (--store redis); a write Redis would run more than half of it after "
+            "it was sent is refused, so a request reported failed is never applied later"
+        ),
+    )
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [
@@ -109,12 +131,14 @@ class Settings:
             ("sweep_interval", self.sweep_interval > 0, "> 0"),
             ("max_batch", self.max_batch >= 1, ">= 1"),
             ("batch_wait_us", self.batch_wait_us >= 0, ">= 0"),
-            ("batch_threads", self.batch_threads >= 0, ">= 0"),
+            ("batch_threads", self.batch_threads >= 1, ">= 1 (heavy batches never run on the event loop)"),
             ("max_request_tokens", self.max_request_tokens >= 1, ">= 1"),
             ("max_generate_tokens", self.max_generate_tokens >= 1, ">= 1"),
             ("max_score_sequences", self.max_score_sequences >= 1, ">= 1"),
             ("max_top_k", self.max_top_k >= 1, ">= 1"),
             ("max_concurrent_rpcs", self.max_concurrent_rpcs >= 1, ">= 1"),
+            ("max_public_streams", self.max_public_streams >= 1, ">= 1"),
+            ("max_public_streams_per_peer", self.max_public_streams_per_peer >= 0, ">= 0 (0 = no limit)"),
             ("max_message_bytes", self.max_message_bytes >= 1024, ">= 1024"),
             ("max_sessions_per_principal", self.max_sessions_per_principal >= 0, ">= 0 (0 = no quota)"),
             ("tls_key", bool(self.tls_cert) == bool(self.tls_key), "given together with --tls-cert"),
@@ -131,6 +155,7 @@ class Settings:
             ("store", self.store in STORES, f"one of {', '.join(STORES)}"),
             ("store", self.store != "redis" or self.durability == "none", "memory with --durability"),
             ("redis_url", self.redis_url.startswith(("redis://", "rediss://", "unix://")), "a redis:// URL"),
+            ("redis_timeout", self.redis_timeout > 0, "> 0"),
         ]
         for name, ok, want in checks:
             if not ok:

@@ -207,7 +207,7 @@ def test_kill_9_under_load_loses_no_acknowledged_token(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [(), ("--batch-threads", "2")], ids=["loop", "threads"])
+@pytest.mark.parametrize("extra", [(), ("--batch-threads", "1")], ids=["default", "one-thread"])
 def test_kill_9_rounds(tmp_path: Path, extra: tuple[str, ...]) -> None:
     """Several kill/restart rounds on one state directory (sessions carry over from round to round)."""
     for r in range(5):

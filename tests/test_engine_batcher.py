@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,7 +12,7 @@ import pytest
 from service_helpers import oracle, tiny_model
 
 from service.engine.batcher import Batcher
-from service.engine.jobs import HEAD, SCORE, SEQ, STEP, Job, top_k_row, top_k_rows
+from service.engine.jobs import HEAD, SCORE, SEQ, STEP, Job, score_chunks, top_k_row, top_k_rows
 from service.errors import NothingToPredictFrom
 from service.runtime.bundle import load_bundle
 from service.runtime.onnx_runtime import Runtime
@@ -157,3 +158,66 @@ def test_quiesce_holds_states_still_and_journal_sees_every_booking_in_order(runt
     per_slot = {x: [(t if isinstance(t, int) else list(t), p) for s, t, p in booked if s == x] for x in (a, c)}
     assert per_slot == {a: [(3, 1), (5, 2)], c: [([1, 2], 2)]}  # each session's bookings in order
     assert store.position(a) == 2 and store.position(c) == 2
+
+
+def test_a_score_runs_in_chunks_and_work_queued_meanwhile_goes_between_them(runtime: Runtime) -> None:
+    """Each chunk is one batch; after it the request goes to the back of the lane, so a prompt that arrived
+    while the first chunk ran is not held up by the rest; the results are those of one unchunked run."""
+    b, store, seen = _setup(runtime, max_batch=2)
+    o = oracle()
+    seqs = [np.array(x) for x in ([1, 2, 3, 4], [5], [6, 7], [8, 9, 10], [11, 12])]
+
+    async def main() -> Job:
+        slot = store.create(None, 0.0)[1]
+        score = b.submit(Job(SCORE, -1, seqs, top_k=2))
+        prompt = b.submit(Job(SEQ, slot, np.array([1, 2, 3]), score=True))
+        await asyncio.gather(score, prompt)
+        return await score
+
+    job = asyncio.run(main())
+    kinds = [(jobs[0].kind, len(jobs[0].chunks[0]) if jobs[0].kind == SCORE else 0) for _, jobs in seen]
+    assert kinds == [(SCORE, 2), (SEQ, 0), (SCORE, 2), (SCORE, 2)]  # 5 sequences, at most 2 per chunk
+    assert all(lane == "sequence" for lane, _ in seen)
+    for s, sc in zip(seqs, job.scores, strict=True):  # type: ignore[call-overload]
+        np.testing.assert_allclose(sc, o.token_logprobs(s.tolist()), atol=2e-5)
+    assert [job.topk_ids[i] for i in range(5)] == [o.top_k(s.tolist(), 2) for s in seqs]  # type: ignore[index]
+
+
+def test_score_chunks_bound_rows_and_padded_tokens() -> None:
+    lengths = [5, 100, 3, 40_000, 30_000, 7, 70_000]
+    chunks = score_chunks(lengths, max_rows=2, max_tokens=65_536)
+    assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))
+    for c in chunks:
+        assert len(c) <= 2 and (len(c) == 1 or len(c) * max(lengths[i] for i in c) <= 65_536)
+    assert chunks == [[2, 0], [5, 1], [4], [3], [6]]  # shortest first; 70,000 tokens alone
+
+
+def test_cheap_batches_run_on_the_loop_and_long_ones_in_the_executor(runtime: Runtime) -> None:
+    where: list[tuple[int, str]] = []
+
+    class Recording(Batcher):
+        def _execute(self, jobs: list[Job], first_pos: list[int]) -> None:
+            where.append((jobs[0].kind, threading.current_thread().name))
+            super()._execute(jobs, first_pos)
+
+    store = MemoryStore(runtime.new_state_memory(4))
+    b = Recording(runtime, store, executor=ThreadPoolExecutor(2, thread_name_prefix="exec"))
+    long_seqs = [np.ones(4000, dtype=np.int64) for _ in range(16)]
+
+    async def main() -> None:
+        slot = store.create(None, 0.0)[1]
+        await b.submit(Job(STEP, slot, 1))  # a kind not measured yet: in the executor, which measures it
+        assert b.rates[STEP] is not None
+        b.rates[STEP] = 1e-6  # (set, not measured, so that a busy machine cannot change the outcome)
+        await b.submit(Job(STEP, slot, 2))  # predicted 1 us: on the loop
+        b.rates[STEP] = 0.01
+        await b.submit(Job(STEP, slot, 3))  # predicted 10 ms: in the executor
+        await b.submit(Job(SCORE, -1, long_seqs))
+        assert b.rates[SCORE] is not None and not b.inline(SCORE, 16 * 4000)  # measured, and too long
+
+    loop_thread = threading.current_thread().name
+    asyncio.run(main())
+    b.close()
+    assert [k for k, _ in where] == [STEP, STEP, STEP, SCORE]
+    assert [n == loop_thread for _, n in where] == [False, True, False, False]
+    assert all(n.startswith("exec") for _, n in where if n != loop_thread)

@@ -124,6 +124,22 @@ def test_predict_unary_and_session_rpcs(stub: pb_grpc.SeqPredStub) -> None:
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_a_one_off_predict_with_end_keeps_no_session(server: Any, stub: pb_grpc.SeqPredStub) -> None:
+    """Without a session id a Predict creates a session that lives for the idle timeout (the test above); with
+    end = true on the same call none is kept, generation included."""
+    o = oracle()
+    before = len(server.server.store)
+    r = stub.Predict(pb.StreamRequest(text="class Point", top_k=2, end=True))
+    assert (r.ended, r.position, _ids(r)) == (True, 11, o.top_k(o.encode("class Point"), 2))
+    g = stub.Predict(pb.StreamRequest(text="def", end=True, generate=pb.GenerateParams(max_tokens=5, temperature=0)))
+    assert g.ended and len(g.generated) == 5 and g.position == 8
+    for sid in (r.session_id, g.session_id):
+        with pytest.raises(grpc.RpcError) as e:
+            stub.GetSession(pb.GetSessionRequest(session_id=sid))
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    assert len(server.server.store) == before
+
+
 def test_score_rpc(stub: pb_grpc.SeqPredStub) -> None:
     o = oracle()
     texts = ["for i in range(10):", "x", "self.y = y"]

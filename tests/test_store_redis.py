@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -95,6 +99,74 @@ def test_stale_write_is_refused_and_changes_nothing(run: Run) -> None:
         with pytest.raises(SessionNotFound, match="closed or expired"):
             await s.put("a", 2, 2, t0, state(2))
         assert await s.get("a") is None
+
+    run(body)
+
+
+@contextlib.contextmanager
+def paused(server: RedisServer, seconds: float | None = None) -> Iterator[None]:
+    """redis-server stopped (SIGSTOP) inside the block, or for ``seconds`` from its start; resumed in any case."""
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    timer = threading.Timer(seconds, os.kill, (server.proc.pid, signal.SIGCONT)) if seconds is not None else None
+    try:
+        if timer is not None:
+            timer.start()
+        yield
+    finally:
+        if timer is not None:
+            timer.join()
+        os.kill(server.proc.pid, signal.SIGCONT)
+
+
+def test_a_write_reported_failed_never_lands_when_redis_resumes(server: RedisServer, run: Run) -> None:
+    """Redis stopped past the client's timeout: the write is reported failed (UNAVAILABLE) while it still sits in
+    the stopped server's input buffer; when Redis resumes and runs it, it is past its deadline and changes
+    nothing, so a retry applies the request exactly once. The same for a delete."""
+
+    async def body(s: RedisSessions) -> None:
+        t0 = time.time()
+        assert await s.put("a", None, 3, t0, state(0)) == 1
+        with paused(server):
+            with pytest.raises(StoreUnavailable, match="unreachable during write") as e:
+                await s.put("a", 1, 7, t0, state(1))
+            assert status_name(e.value) == "UNAVAILABLE"
+            with pytest.raises(StoreUnavailable, match="unreachable during delete"):
+                await s.delete("a")
+        await asyncio.sleep(0.3)  # Redis runs what was queued while it was stopped
+        rec = await s.get("a")
+        assert rec is not None and (rec.version, rec.position) == (1, 3) and same(rec.state, state(0))
+        assert await s.put("a", 1, 7, t0, state(1)) == 2  # the retry, once
+
+    run(body, timeout=0.5)
+
+
+def test_a_write_redis_runs_after_its_deadline_is_refused_while_the_client_still_waits(
+    server: RedisServer, run: Run
+) -> None:
+    async def body(s: RedisSessions) -> None:
+        t0 = time.time()
+        await s.put("a", None, 3, t0, state(0))
+        late = r"ran the write of session 'a' more than 1 s after it was sent"
+        # stopped for longer than the write window (1 s), shorter than the timeout (2 s)
+        with paused(server, seconds=1.5), pytest.raises(StoreUnavailable, match=late):
+            await s.put("a", 1, 7, t0, state(1))
+        rec = await s.get("a")
+        assert rec is not None and (rec.version, rec.position) == (1, 3)
+
+    run(body, timeout=2.0)
+
+
+def test_deadlines_use_redis_clock_whatever_the_offset(run: Run) -> None:
+    """The deadline is written in Redis's clock, from an offset read on replies: a wrong offset (a clock an hour
+    off) is corrected by the next reply's reading, and a write after it is accepted."""
+
+    async def body(s: RedisSessions) -> None:
+        t0 = time.time()
+        await s.put("a", None, 0, t0, state(0))
+        s._offset -= 3600.0  # type: ignore[operator]  # a wrong reading: Redis's clock an hour earlier
+        with pytest.raises(StoreUnavailable, match="more than 5 s after it was sent"):
+            await s.put("a", 1, 1, t0, state(1))
+        assert await s.put("a", 1, 1, t0, state(1)) == 2
 
     run(body)
 

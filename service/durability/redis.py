@@ -100,6 +100,7 @@ class RedisShared(Persistence):
             dtype=mem.dtype,
             idle_timeout=settings.idle_timeout,
             max_lifetime=settings.max_lifetime,
+            timeout=settings.redis_timeout,
         )
         return cls(sessions, registry)
 

@@ -16,6 +16,19 @@ as soon as it is free. A batch holds at most ``max_batch`` jobs. With ``max_wait
 many jobs are ready as the previous batch held (in a closed loop the same sessions come back together), but never
 longer than ``max_wait`` after its oldest job arrived. When at most one RPC is open (``open_rpcs``, kept by the
 servicer) nothing could join a batch, and the job runs at once.
+
+Where a batch runs: on the event loop when it is predicted to take at most
+:data:`~service.engine.batch_exec.INLINE_SECONDS` (a hand-off to a thread and back costs about 0.1 ms, a large
+share of a one-token step), otherwise in the executor, so the loop keeps answering other RPCs (health included)
+while onnxruntime computes (it releases the GIL). The prediction is the batch's padded tokens times the seconds
+per token measured on recent batches of the same kind; a kind not measured yet runs in the executor. Without an
+executor everything runs on the loop (tests).
+
+Scoring requests (SCORE) run in chunks (:func:`~service.engine.jobs.score_chunks`: at most ``max_batch``
+sequences and :data:`~service.engine.jobs.MAX_BATCH_TOKENS` padded tokens each), one chunk per batch of the
+sequence lane; after each chunk the request goes to the back of the lane's queue, so prompts and other scoring
+requests that arrived meanwhile run before its next chunk (round robin), and none waits for more than one chunk
+of it.
 """
 
 from __future__ import annotations
@@ -28,30 +41,11 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
-from service.engine.batch_exec import BatchExecution
-from service.engine.jobs import HEAD, MAX_BATCH_TOKENS, SCORE, SEQ, STEP, Job
-from service.errors import Internal, NoHeadGraph, ServiceError
+from service.engine.batch_exec import BatchExecution, refuse_head_jobs
+from service.engine.jobs import HEAD, MAX_BATCH_TOKENS, SCORE, SEQ, STEP, Job, padded_tokens, score_chunks
+from service.errors import Internal, ServiceError
 from service.runtime.onnx_runtime import Runtime
 from service.store.sessions import SessionStore
-
-
-def _needs_head(job: Job, first_pos: int) -> bool:
-    return first_pos > 0 and (job.kind == HEAD or (job.score and job.kind != SCORE))
-
-
-def _refuse_head_jobs(jobs: list[Job], first_pos: list[int]) -> tuple[list[Job], list[int]]:
-    """Without a head graph: fail the jobs that need one (before anything runs), keep the others."""
-    keep_jobs, keep_pos = [], []
-    for j, p in zip(jobs, first_pos, strict=True):
-        if _needs_head(j, p):
-            j.error = NoHeadGraph(
-                "score: this model has no head graph, so neither the first token of a continuation can be scored "
-                "nor a session's next-token distribution be looked at without new tokens"
-            )
-        else:
-            keep_jobs.append(j)
-            keep_pos.append(p)
-    return keep_jobs, keep_pos
 
 
 class _Lane:
@@ -73,9 +67,9 @@ class Batcher(BatchExecution):
     """Gathers jobs of different sessions into batched runtime calls; see the module docstring. Batches run in
     :class:`~service.engine.batch_exec.BatchExecution`; jobs are :class:`~service.engine.jobs.Job`.
 
-    ``executor``: where batches run. None runs them on the event loop itself (lowest latency for small models);
-    an executor keeps the loop free to receive requests while a batch runs. ``observe(lane, jobs, tokens,
-    seconds, latencies)`` is called after every batch (metrics; latencies from submission to result, per job).
+    ``executor``: where batches that are not cheap run (see the module docstring); None runs every batch on the
+    event loop. ``observe(lane, jobs, tokens, seconds, latencies)`` is called after every batch (metrics;
+    latencies from submission to result, per job).
     """
 
     def __init__(
@@ -106,6 +100,8 @@ class Batcher(BatchExecution):
         #: and before any later job of its session runs or its future resolves (persistence hooks).
         self.journal: Callable[[int, Any, int, bool], None] | None = None
         self._paused = 0  # quiesce() in progress: no new batch starts
+        #: seconds per padded token of recent batches, by job kind (None: none measured yet)
+        self.rates: list[float | None] = [None, None, None, None]
 
     @staticmethod
     def threaded(runtime: Runtime, store: SessionStore, **kw: Any) -> Batcher:
@@ -145,6 +141,7 @@ class Batcher(BatchExecution):
         job.future = fut
         job.t_submit = time.perf_counter()
         if job.kind == SCORE:
+            job.chunks = score_chunks([len(a) for a in job.tokens], self.max_batch)
             self._ready(job)
             return fut
         slot = job.slot
@@ -163,7 +160,7 @@ class Batcher(BatchExecution):
         lane = self._step if job.kind == STEP else self._seq
         lane.ready.append(job)
         if not lane.busy and not lane.soon:
-            if self.open_rpcs <= 1 and self.executor is None and lane.timer is None:
+            if self.open_rpcs <= 1 and lane.timer is None and self.inline(job.kind, padded_tokens([job])):
                 # nobody else can send a job to batch with: run it now, saving two turns of the event loop
                 self._flush(lane)
             else:
@@ -231,26 +228,14 @@ class Batcher(BatchExecution):
         first_pos = [self.store.position(j.slot) if j.kind != SCORE else 0 for j in jobs]
         jobs_run = jobs
         if not self.runtime.has_head:
-            jobs_run, first_pos = _refuse_head_jobs(jobs, first_pos)
+            jobs_run, first_pos = refuse_head_jobs(jobs, first_pos)
             if not jobs_run:
                 self._complete(lane, jobs, None, 0.0)
                 return
         self._flush_run(lane, jobs, jobs_run, first_pos)
 
     def _flush_run(self, lane: _Lane, jobs: list[Job], jobs_run: list[Job], first_pos: list[int]) -> None:
-        if self.executor is None:
-            t0 = time.perf_counter()
-            try:
-                self._execute(jobs_run, first_pos)
-                err: BaseException | None = None
-            except Exception as e:
-                err = e
-            self._complete(lane, jobs, err, time.perf_counter() - t0)
-        else:
-            assert self._loop is not None
-            t0 = time.perf_counter()
-            cf = self._loop.run_in_executor(self.executor, self._execute, jobs_run, first_pos)
-            cf.add_done_callback(lambda f: self._complete(lane, jobs, f.exception(), time.perf_counter() - t0))
+        self._dispatch(jobs_run, first_pos, lambda err, seconds: self._complete(lane, jobs, err, seconds))
 
     def _complete(self, lane: _Lane, jobs: list[Job], err: BaseException | None, seconds: float) -> None:
         lane.busy = False
@@ -285,10 +270,14 @@ class Batcher(BatchExecution):
             else:
                 del self._waiting[slot]
         elif err is None:
-            n = sum(len(a) for a in j.tokens)
+            n = sum(len(j.tokens[i]) for i in j.chunks[j.chunk])
+            j.chunk += 1
         fut = j.future
         assert fut is not None
         if fut.cancelled():
+            return n
+        if j.kind == SCORE and err is None and j.chunk < len(j.chunks):
+            self._seq.ready.append(j)  # its next chunk, behind everything that arrived meanwhile
             return n
         if err is not None:
             fut.set_exception(

@@ -1,5 +1,5 @@
 """What the batcher runs: :class:`Job` (one unit of work for one session, or one stateless scoring request), the
-job kinds, and the batched top-k selection."""
+job kinds, how a scoring request is cut into chunks, and the batched top-k selection."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from service.errors import ServiceError
 
 STEP, SEQ, HEAD, SCORE = 0, 1, 2, 3
 EMPTY_SCORES = np.zeros(0, dtype=np.float32)
-#: A prompt batch holds at most this many padded tokens (rows x longest prompt), whatever max_batch says.
+#: A prompt batch, and a chunk of a scoring request, holds at most this many padded tokens (rows x longest
+#: sequence), whatever max_batch says.
 MAX_BATCH_TOKENS = 65_536
 
 
@@ -24,6 +25,8 @@ class Job:
     """
 
     __slots__ = (
+        "chunk",
+        "chunks",
         "error",
         "future",
         "held",
@@ -55,8 +58,8 @@ class Job:
     ) -> None:
         self.kind = kind
         self.slot = slot
-        self.tokens = tokens  # STEP: int; SEQ: int64 array [n]; SCORE: padded [B, T]; HEAD: None
-        self.lengths = lengths  # SCORE only
+        self.tokens = tokens  # STEP: int; SEQ: int64 array [n]; SCORE: list of int64 arrays; HEAD: None
+        self.lengths = lengths
         self.held = held  # part of a unary request whose changes count only together (Persistence.atomic)
         self.score = score
         self.top_k = top_k
@@ -69,6 +72,38 @@ class Job:
         self.position = 0
         self.error: ServiceError | None = None
         self.t_submit = 0.0
+        #: SCORE: the sequences of each chunk (indices into ``tokens``, see :func:`score_chunks`) and the next one
+        self.chunks: list[list[int]] = []
+        self.chunk = 0
+
+
+def padded_tokens(jobs: list[Job]) -> int:
+    """The tokens one batch of ``jobs`` runs (rows x longest sequence; a SCORE job: its next chunk's), the unit of
+    the batcher's cost estimate."""
+    first = jobs[0]
+    if first.kind == SEQ:
+        return len(jobs) * max(len(j.tokens) for j in jobs)
+    if first.kind == SCORE:
+        group = first.chunks[first.chunk]
+        return len(group) * max(len(first.tokens[i]) for i in group)
+    return len(jobs)
+
+
+def score_chunks(lengths: list[int], max_rows: int, max_tokens: int = MAX_BATCH_TOKENS) -> list[list[int]]:
+    """Cut a scoring request into chunks, each one runtime call: sequences sorted by length (so rows of similar
+    length are padded together), then cut greedily so that a chunk holds at most ``max_rows`` sequences and
+    ``max_tokens`` padded tokens (rows x its longest sequence; a longer single sequence is a chunk alone).
+    Returns the sequences' indices per chunk, shortest first."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    chunks: list[list[int]] = []
+    i = 0
+    while i < len(order):
+        n = 1
+        while i + n < len(order) and n < max_rows and lengths[order[i + n]] * (n + 1) <= max_tokens:
+            n += 1
+        chunks.append(order[i : i + n])
+        i += n
+    return chunks
 
 
 def top_k_row(row: np.ndarray, k: int) -> tuple[list[int], list[float]]:

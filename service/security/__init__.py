@@ -1,1 +1,2 @@
-"""Authentication (bearer tokens, principals) and TLS credentials. May import: cross-cutting modules only."""
+"""Authentication (bearer tokens, principals), TLS credentials, RPC concurrency limits by kind of traffic.
+May import: cross-cutting modules only."""

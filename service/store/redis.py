@@ -21,6 +21,17 @@ version; the loser learns it (:class:`~service.errors.SessionConflict`, ABORTED)
 stored. Every write and every fetch sets the key's TTL to the idle timeout, capped by what is left of the maximum
 lifetime, so Redis itself evicts idle sessions.
 
+A write reported failed never lands later. A client that times out waiting for Redis (``timeout``, ``--redis-
+timeout``) reports the write failed, but the command may still sit in the stopped or overloaded server's input
+buffer and run when it resumes: a retry would then apply the same tokens twice. So every write (and delete)
+carries a *deadline* in Redis's own clock, half the timeout after it was sent; the script reads ``TIME`` and
+refuses to run past it (``late``: nothing is written). Redis's clock is read against this process's monotonic
+clock on every write's reply (and by ``TIME`` before the first write and after a minute without one): the offset
+used is a lower bound (the reply's transit time is counted against the write), so a write can only run while this
+process still waits for it, never after it gave up; clock skew between hosts does not matter. Left open: a write
+that Redis applied whose *reply* was lost or delayed beyond the timeout (Redis stopped between running the script
+and answering) is reported failed although stored; see docs/reliability.md.
+
 All calls are coroutines (``redis.asyncio``); the ``redis`` package is imported only when a store is built, and a
 missing package or an unreachable server raises :class:`~service.errors.StoreUnavailable` naming ``--redis-url``.
 """
@@ -38,6 +49,7 @@ import numpy as np
 
 from service.errors import SessionConflict, SessionNotFound, StoreMismatch, StoreUnavailable
 from service.store.codec import decode_state, encode_state
+from service.store.redis_scripts import CONFLICT, DELETE, FETCH, GONE, LATE, PUT
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -71,63 +83,16 @@ class RecordInfo:
     ttl: float | None
 
 
-#: Sets the TTL of KEYS[1] from ARGV[2] idle ms (0 = none), ARGV[3] lifetime ms (0 = none), ARGV[4] now ms, and
-#: the record's ``created``; deletes the key and returns false when its lifetime is over.
-_TTL = """
-local function expire(created)
-  local ttl = tonumber(ARGV[2])
-  local life = tonumber(ARGV[3])
-  if life > 0 then
-    local left = math.floor(tonumber(created) * 1000) + life - tonumber(ARGV[4])
-    if left <= 0 then
-      redis.call('DEL', KEYS[1])
-      return false
-    end
-    if ttl == 0 or left < ttl then ttl = left end
-  end
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) else redis.call('PERSIST', KEYS[1]) end
-  return true
-end
-"""
-
-#: Atomic write. KEYS[1] the session; ARGV[1] the expected version ('' = any), ARGV[2..4] as in _TTL, ARGV[5] the
-#: new ``created``, then field/value pairs. Returns the new version, 0 when the key is gone (or its lifetime is
-#: over), or -(stored version) when that is not the expected one.
-_PUT = (
-    _TTL
-    + """
-local cur = redis.call('HGET', KEYS[1], 'v')
-if ARGV[1] ~= '' then
-  if not cur then return 0 end
-  if cur ~= ARGV[1] then return -tonumber(cur) end
-end
-local v = (tonumber(cur) or 0) + 1
-redis.call('HSET', KEYS[1], 'v', v, 'created', ARGV[5], unpack(ARGV, 6))
-if not expire(ARGV[5]) then return 0 end
-return v
-"""
-)
-
-#: Fetch unless current. KEYS[1]; ARGV[1] the known version, ARGV[2..4] as in _TTL. Returns 0 (missing or past its
-#: lifetime), 1 (still the known version) or the whole hash; a live key's TTL is renewed (a request is activity).
-_FETCH = (
-    _TTL
-    + """
-local cur = redis.call('HGET', KEYS[1], 'v')
-if not cur then return 0 end
-if not expire(redis.call('HGET', KEYS[1], 'created')) then return 0 end
-if cur == ARGV[1] then return 1 end
-return redis.call('HGETALL', KEYS[1])
-"""
-)
-
-
 class RedisSessions:
     """Versioned session records in one Redis database; see the module docstring.
 
     ``idle_timeout``/``max_lifetime`` in seconds (0 = never); ``model`` the manifest sha256 every record is
-    tagged with; ``widths``/``dtype`` the runtime's state layout, checked on every load.
+    tagged with; ``widths``/``dtype`` the runtime's state layout, checked on every load; ``timeout`` the seconds
+    the client waits for an answer (the ``client``'s socket timeout): a write must run within half of it.
     """
+
+    #: seconds after which Redis's clock is read again before a write (a write's reply also reads it)
+    RECALIBRATE_S = 60.0
 
     def __init__(
         self,
@@ -140,6 +105,7 @@ class RedisSessions:
         max_lifetime: float = 0.0,
         prefix: str = DEFAULT_PREFIX,
         url: str = "",
+        timeout: float = 10.0,
     ) -> None:
         self.client = client
         self.model = model
@@ -149,12 +115,18 @@ class RedisSessions:
         self.max_lifetime = max_lifetime
         self.prefix = prefix
         self.url = url
-        self._put = client.register_script(_PUT)
-        self._fetch = client.register_script(_FETCH)
+        self._put = client.register_script(PUT)
+        self._del = client.register_script(DELETE)
+        self._fetch = client.register_script(FETCH)
+        self.timeout = timeout
+        self.write_window = timeout / 2  # a write Redis runs later than this after it was sent is refused
+        self._offset: float | None = None  # lower bound of Redis's clock minus time.monotonic(), seconds
+        self._calibrated = 0.0  # time.monotonic() of the last reading
 
     @classmethod
-    def from_url(cls, url: str, **kw: Any) -> RedisSessions:
-        """A store on ``redis.asyncio.Redis.from_url(url)``; no connection is made until the first call."""
+    def from_url(cls, url: str, timeout: float = 10.0, **kw: Any) -> RedisSessions:
+        """A store on ``redis.asyncio.Redis.from_url(url)`` waiting ``timeout`` seconds for each answer; no
+        connection is made until the first call."""
         try:
             import redis.asyncio as aioredis
         except ImportError:
@@ -162,10 +134,10 @@ class RedisSessions:
                 "--store redis: the 'redis' package is not installed; pip install 'seqpred[redis]' (or redis>=5)"
             ) from None
         try:
-            client = aioredis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+            client = aioredis.Redis.from_url(url, socket_connect_timeout=min(5.0, timeout), socket_timeout=timeout)
         except ValueError as e:
             raise StoreUnavailable(f"--redis-url: cannot use {url!r}: {e}") from None
-        return cls(client, url=url, **kw)
+        return cls(client, url=url, timeout=timeout, **kw)
 
     def _ttl_args(self, now: float) -> list[str]:
         return [_ms(self.idle_timeout), _ms(self.max_lifetime), str(math.floor(now * 1000))]
@@ -261,6 +233,35 @@ class RedisSessions:
 
     # -- writes -----------------------------------------------------------------------------------------------
 
+    async def _deadline(self) -> str:
+        """The deadline of a write sent now, in Redis's clock (ms): :attr:`write_window` from now."""
+        if self._offset is None or time.monotonic() - self._calibrated > self.RECALIBRATE_S:
+            sec, usec = await self._call("TIME", self.client.time())
+            self._clock(sec * 1000 + usec // 1000)
+        assert self._offset is not None
+        return str(math.floor((time.monotonic() + self.write_window + self._offset) * 1000))
+
+    def _clock(self, redis_ms: int) -> None:
+        """Redis's clock read ``redis_ms`` no later than now: a lower bound of the offset (transit counted against
+        it, so deadlines err early)."""
+        now = time.monotonic()
+        self._offset, self._calibrated = redis_ms / 1000 - now, now
+
+    async def _write(self, what: str, session_id: str, script: Any, keys: list[str], args: list[Any]) -> int:
+        """Run a write script with a deadline; returns its value; raises on GONE (SessionNotFound is left to the
+        caller: it returns -1), CONFLICT (-(stored version)) or LATE (StoreUnavailable)."""
+        deadline = await self._deadline()
+        status, value, now = (int(x) for x in await self._call(what, script(keys=keys, args=[deadline, *args])))
+        self._clock(now)
+        if status == LATE:
+            raise StoreUnavailable(
+                f"store: Redis at {self.url or '--redis-url'} ran the {what} of session {session_id!r} more than "
+                f"{self.write_window:g} s after it was sent (half of --redis-timeout); nothing was stored; retry it"
+            )
+        if status == GONE:
+            return 0
+        return -value if status == CONFLICT else value
+
     async def put(
         self,
         session_id: str,
@@ -273,14 +274,15 @@ class RedisSessions:
     ) -> int:
         """Store a session and return its new version. ``expected`` None writes unconditionally (creation, reset);
         an int writes only if that is still the stored version: otherwise SessionConflict (another replica
-        advanced or reset it) or SessionNotFound (closed or expired meanwhile), and nothing is written.
+        advanced or reset it) or SessionNotFound (closed or expired meanwhile), and nothing is written. A write
+        that Redis would run later than :attr:`write_window` after it was sent is refused (StoreUnavailable).
 
         ``created`` and ``now`` are wall-clock seconds; a session past its maximum lifetime is deleted."""
         now = time.time() if now is None else now
         blob = encode_state(state, self.dtype)
         fields: list[Any] = ["pos", position, "model", self.model, "principal", principal, "state", blob]
-        args = ["" if expected is None else str(expected), *self._ttl_args(now), repr(float(created)), *fields]
-        v = int(await self._call("write", self._put(keys=[self.key(session_id, principal)], args=args)))
+        args = [*self._ttl_args(now), "" if expected is None else str(expected), repr(float(created)), *fields]
+        v = await self._write("write", session_id, self._put, [self.key(session_id, principal)], args)
         if v == 0:
             raise SessionNotFound(
                 f"session_id: session {session_id!r} was closed or expired while this request ran; its result was "
@@ -294,8 +296,8 @@ class RedisSessions:
         return v
 
     async def delete(self, session_id: str, principal: str = "") -> bool:
-        """Remove a session; True if it existed."""
-        return bool(await self._call("DEL", self.client.delete(self.key(session_id, principal))))
+        """Remove a session; True if it existed. Refused like a late :meth:`put` (StoreUnavailable)."""
+        return bool(await self._write("delete", session_id, self._del, [self.key(session_id, principal)], []))
 
 
 def _ms(seconds: float) -> str:

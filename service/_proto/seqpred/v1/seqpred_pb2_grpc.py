@@ -83,7 +83,8 @@ class SeqPredServicer:
 
     def Predict(self, request, context):
         """One request with the semantics of a Stream request, answered by one response (generated tokens all in it).
-        Errors are returned as the RPC's status, not in StreamResponse.error.
+        Errors are returned as the RPC's status, not in StreamResponse.error. Without a session_id it creates a
+        session that lives until the idle timeout (15 minutes by default) unless end = true frees it on the same call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
