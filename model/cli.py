@@ -270,6 +270,9 @@ def cmd_sample(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from model.export import export_run
 
+    out = Path(a.out)
+    if out.is_dir() and not a.overwrite:  # the API's own check words it for Python callers (overwrite=True)
+        raise ConfigError(f"out: {str(out)!r} already exists; pass --overwrite to replace it")
     path = export_run(a.run_dir, a.out, precision=a.precision, overwrite=a.overwrite)
     print(f"exported {a.run_dir} -> {path}")
     return 0

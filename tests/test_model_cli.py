@@ -206,3 +206,20 @@ def test_corrupt_checkpoint(corpus: Path, tmp_path: Path, capsys: pytest.Capture
     (out / "checkpoint.npz").write_bytes(b"not a zip file")
     assert main(["eval", str(out)]) == 2
     assert "corrupt checkpoint" in capsys.readouterr().err
+
+
+def test_export_to_an_existing_directory_names_the_flag(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CLI user is told about ``--overwrite`` (not the Python API's ``overwrite=True``); nothing is replaced."""
+    run, model = tmp_path / "run", tmp_path / "model"
+    assert _train(corpus, run, "--steps", "2") == 0
+    model.mkdir()
+    (model / "keep.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(["export", str(run), "--out", str(model)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"seqpred: error: out: {str(model)!r} already exists; pass --overwrite to replace it"]
+    assert (model / "keep.txt").read_text() == "mine"
+    assert main(["export", str(run), "--out", str(model), "--overwrite"]) == 0
+    assert (model / "model.json").is_file() and not (model / "keep.txt").exists()
