@@ -22,7 +22,9 @@ from model.train.checkpoint import CHECKPOINT, CONFIG, METRICS, VOCAB, load_run,
 
 def _add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="train a model on a corpus", description="Train a recurrent language model.")
-    p.add_argument("--corpus", default="stdlib", help="'stdlib' (default), a text file, a directory or a glob")
+    p.add_argument(
+        "--corpus", default="stdlib", help="'stdlib' (default), 'tinyshakespeare', a text file, a directory or a glob"
+    )
     p.add_argument("--tokenizer", default="char", choices=("char", "byte", "word"))
     p.add_argument("--max-words", type=int, default=10000, help="word tokenizer vocabulary size")
     p.add_argument("--max-vocab", type=int, default=0, help="char tokenizer: keep the N-1 most frequent (0 = all)")

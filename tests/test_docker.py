@@ -481,6 +481,7 @@ def test_wheel_holds_everything_the_image_runs(tmp_path: Path) -> None:
         "service/scoring/inputs.py",
         "model/cli.py",
         "model/export/sequence.py",
+        "model/data/tinyshakespeare.txt.gz",  # the default corpus of `seqpred experiment variants`
     ]:
         assert needed in names, f"the wheel lacks {needed}"
     (ep,) = [n for n in names if n.endswith("entry_points.txt")]
