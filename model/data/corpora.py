@@ -86,10 +86,10 @@ def load_corpus(spec: str, val_fraction: float = 0.1, max_chars: int | None = No
 
     if spec == SHAKESPEARE:
         try:
-            text = gzip.decompress(SHAKESPEARE_FILE.read_bytes()).decode("utf-8")
+            shipped = gzip.decompress(SHAKESPEARE_FILE.read_bytes()).decode("utf-8")
         except (OSError, EOFError, UnicodeDecodeError) as e:
             raise DataError(f"corpus {spec!r}: the shipped {SHAKESPEARE_FILE} is unreadable ({e})") from None
-        return _split_chars(spec, SHAKESPEARE_FILE, text, val_fraction, max_chars)
+        return _split_chars(spec, SHAKESPEARE_FILE, shipped, val_fraction, max_chars)
 
     path = Path(spec)
     if not path.exists() and any(c in spec for c in _GLOB_CHARS):
