@@ -283,7 +283,7 @@ def train_variant(exp: VariantsConfig, v: Variant, lr: float, seed: int, data: C
     t1 = time.perf_counter()
     val: float | None = None
     if not diverged:
-        nats, _ = evaluate(cfg, p, data.val, batch=EVAL_BATCH, seq_len=EVAL_SEQ_LEN, max_tokens=exp.eval_chars)
+        nats = evaluate(cfg, p, data.val, EVAL_BATCH, EVAL_SEQ_LEN, max_tokens=exp.eval_chars).nats_per_token
         val = nats if math.isfinite(nats) else None
         diverged = val is None
     return VariantResult(
