@@ -25,6 +25,7 @@ LOG_FORMATS = ("json", "text")
 DURABILITY_MODES = ("none", "periodic", "sync")
 STORES = ("memory", "redis")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+ON_UNKNOWN = ("auto", "error", "skip", "unk")
 ENV_PREFIX = "SEQPRED_"
 
 
@@ -120,6 +121,14 @@ class Settings:
             "it was sent is refused, so a request reported failed is never applied later"
         ),
     )
+    on_unknown: str = field(
+        default="auto",
+        metadata=_meta(
+            "text with a symbol outside the vocabulary: refuse it (error), drop the symbol (skip) or feed <unk> (unk); "
+            "auto: unk when the model has an <unk> token, else error",
+            ON_UNKNOWN,
+        ),
+    )
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [
@@ -156,6 +165,7 @@ class Settings:
             ("store", self.store != "redis" or self.durability == "none", "memory with --durability"),
             ("redis_url", self.redis_url.startswith(("redis://", "rediss://", "unix://")), "a redis:// URL"),
             ("redis_timeout", self.redis_timeout > 0, "> 0"),
+            ("on_unknown", self.on_unknown in ON_UNKNOWN, f"one of {', '.join(ON_UNKNOWN)}"),
         ]
         for name, ok, want in checks:
             if not ok:

@@ -26,7 +26,7 @@ from service.client.types import RequestError
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Any]:
-    with running_server() as st:
+    with running_server(on_unknown="error") as st:  # the tests show how an unknown character is reported
         yield st
 
 

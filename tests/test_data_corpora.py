@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 import pytest
 
-from model.data.corpora import Corpus, is_validation_file, load_corpus
+from model.data.corpora import SHAKESPEARE_FILE, Corpus, is_validation_file, load_corpus
 from model.errors import DataError
 
 
@@ -42,6 +43,19 @@ def test_stdlib_small_slice_is_quick_deterministic_and_split_by_file() -> None:
     assert a.train.startswith(first_train[:1000])
     assert a.val.startswith(first_val[:1000])
     assert first_val[:1000] not in a.train
+
+
+def test_tinyshakespeare_is_shipped_and_split_like_a_text_file() -> None:
+    """The built-in spec reads the gzip shipped in the package: Karpathy's file, byte for byte, split 90/10."""
+    c = load_corpus("tinyshakespeare")
+    text = c.train + c.val
+    assert hashlib.sha256(text.encode()).hexdigest() == (
+        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+    )
+    assert (len(c.train), len(c.val)) == (1_003_854, 111_540) and c.name == "tinyshakespeare"
+    assert c.files == (str(SHAKESPEARE_FILE),) and SHAKESPEARE_FILE.name == "tinyshakespeare.txt.gz"
+    small = load_corpus("tinyshakespeare", max_chars=1000)
+    assert small.train + small.val == text[:1000]
 
 
 def test_single_file_90_10_split(tmp_path: Path) -> None:

@@ -416,6 +416,22 @@ def test_dockerignore_keeps_what_the_image_copies_and_drops_the_rest() -> None:
         assert _ignored(dropped, patterns), dropped
 
 
+def test_gitignore_covers_every_output_the_readme_writes() -> None:
+    """Each ``--out`` of the README's commands (runs, exported models, score files) and the compose score job's
+    ``./scores`` stay out of ``git status``; the sources those commands read stay in."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    outs = set(re.findall(r"--out (\S+?)[\]`\s]", (ROOT / "README.md").read_text()))
+    assert {"runs/py", "models/py", "scores.jsonl", "runs/variants"} <= outs, outs
+    for path in [*sorted(outs), "scores/scores.jsonl"]:
+        probe = f"{path}/x" if "." not in Path(path).name else path
+        res = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", "--no-index", probe], check=False)
+        assert res.returncode == 0, f"{probe} (written by a README command) is not in .gitignore"
+    for kept in ("service/default_model/model.json", "model/cli.py", "docs/scoring.md"):
+        res = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", "--no-index", kept], check=False)
+        assert res.returncode == 1, f"{kept} is ignored"
+
+
 def _third_party_imports() -> set[str]:
     """Top-level modules outside the standard library imported anywhere in model/ and service/ (lazily too)."""
     mods: set[str] = set()
@@ -488,6 +504,7 @@ def test_wheel_holds_everything_the_image_runs(tmp_path: Path) -> None:
         "service/scoring/inputs.py",
         "model/cli.py",
         "model/export/sequence.py",
+        "model/data/tinyshakespeare.txt.gz",  # the default corpus of `seqpred experiment variants`
     ]:
         assert needed in names, f"the wheel lacks {needed}"
     (ep,) = [n for n in names if n.endswith("entry_points.txt")]

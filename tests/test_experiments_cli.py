@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,15 +100,19 @@ def test_variants_quick_end_to_end_then_resume_with_more(
     assert [r["steps"] for r in json.loads((out / "results.json").read_text())["records"]] == [3, 3]
 
 
-def test_variants_default_corpus_missing_names_the_flag(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(V, "DEFAULT_CORPUS", tmp_path / "nope" / "tinyshakespeare.txt")
-    out = tmp_path / "never"
-    assert main_experiment(["variants", "--quick", "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--corpus: the default corpus" in err and "pass --corpus PATH" in err
-    assert not out.exists()
+def test_variants_readme_command_runs_outside_the_repository(tmp_path: Path) -> None:
+    """``seqpred experiment variants --out runs/variants`` (the README's line) from a directory that is not the
+    checkout: the default corpus ships with the package (tiny budget flags added)."""
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    cmd = [sys.executable, "-m", "model.cli", "experiment", "variants", "--out", "runs/variants"]
+    cmd += ["--quick", "--jobs", "1", "--variants", "lstm", "--lrs", "0.01", "--steps", "2", "--eval-chars", "300"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    doc = json.loads((cwd / "runs" / "variants" / "results.json").read_text())
+    assert doc["config"]["corpus"] == "tinyshakespeare" and doc["corpus"]["vocab_size"] > 30
+    assert [r["variant"] for r in doc["records"]] == ["lstm"]
 
 
 @pytest.mark.parametrize(

@@ -206,3 +206,79 @@ def test_corrupt_checkpoint(corpus: Path, tmp_path: Path, capsys: pytest.Capture
     (out / "checkpoint.npz").write_bytes(b"not a zip file")
     assert main(["eval", str(out)]) == 2
     assert "corrupt checkpoint" in capsys.readouterr().err
+
+
+def test_export_to_an_existing_directory_names_the_flag(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CLI user is told about ``--overwrite`` (not the Python API's ``overwrite=True``); nothing is replaced."""
+    run, model = tmp_path / "run", tmp_path / "model"
+    assert _train(corpus, run, "--steps", "2") == 0
+    model.mkdir()
+    (model / "keep.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(["export", str(run), "--out", str(model)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"seqpred: error: out: {str(model)!r} already exists; pass --overwrite to replace it"]
+    assert (model / "keep.txt").read_text() == "mine"
+    assert main(["export", str(run), "--out", str(model), "--overwrite"]) == 0
+    assert (model / "model.json").is_file() and not (model / "keep.txt").exists()
+
+
+def test_resume_of_a_finished_run_says_so_and_does_nothing(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert _train(corpus, out, "--steps", "6") == 0
+    before = {name: (out / name).read_bytes() for name in ("checkpoint.npz", "metrics.jsonl", "config.json")}
+    capsys.readouterr()
+    assert _train(corpus, out, "--steps", "6", "--resume") == 0
+    cap = capsys.readouterr()
+    val = load_run(out).meta["val_nats_per_token"]
+    assert cap.out.splitlines() == [
+        f"{out}: the run already finished at step 6 (validation {val:.4f} nats/token); nothing to do "
+        "(a larger --steps or --minutes trains on)"
+    ]
+    assert cap.err == ""
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert _train(corpus, out, "--steps", "8", "--resume") == 0  # more steps: it trains on
+    assert load_run(out).meta["step"] == 8
+
+
+def test_final_evaluation_is_a_bounded_sample_with_its_standard_error(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--eval-tokens N`` scores about N validation tokens (``all``: every one), logs the count and the standard
+    error, and ``seqpred eval`` with the same ``--max-tokens`` scores the same sample (the same number)."""
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert _train(corpus, out, "--steps", "4", "--eval-tokens", "600") == 0
+    final = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    # 600 tokens make 2 streams (each at least one 256-token window) of 300, each but its first token scored
+    assert final["step"] == 4 and final["val_tokens"] == final["val_sample_tokens"] == 2 * (300 - 1)
+    assert final["val_stderr"] > 0
+    stdout = capsys.readouterr().out
+    val = f"{final['val_nats_per_token']:.4f} ± {final['val_stderr']:.4f} nats/token"
+    assert f"{val} (598 of 1,938 validation tokens)" in stdout
+    assert main(["eval", str(out), "--max-tokens", "600", "--json", "--no-progress"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["tokens"] == 598 and res["nats_per_token"] == pytest.approx(final["val_nats_per_token"], abs=1e-6)
+    assert res["stderr"] == pytest.approx(final["val_stderr"], abs=1e-6)
+    assert main(["eval", str(out), "--max-tokens", "all", "--json"]) == 0
+    cap = capsys.readouterr()
+    whole = json.loads(cap.out)
+    assert whole["tokens"] == 4 * (1938 // 4 - 1)  # the run's 4 streams, each but its first token
+    assert "validation" in cap.err and f"{whole['tokens'] / 1000:.2f}k" in cap.err  # the progress bar, completed
+    with pytest.raises(SystemExit) as e:
+        main(["eval", str(out), "--max-tokens", "1"])
+    assert e.value.code == 2 and "--max-tokens: must be >= 2 (or 'all'), got 1" in capsys.readouterr().err
+
+
+def test_training_progress_ends_with_the_final_evaluation_bar(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    args = ["train", "--corpus", str(corpus), "--hidden", "16", "--embed", "8", "--batch", "4", "--seq-len", "16"]
+    assert main([*args, "--steps", "5", "--eval-tokens", "600", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "5/5" in err and "validation (step 5)" in err and "598/598" in err

@@ -216,7 +216,9 @@ def test_cli_text_file_records_in_input_order(tmp_path: Path) -> None:
     rc, recs, err = run_cli(["--model", str(tiny_model()), str(tmp_path / "in.txt"), "--chunk-len", "16"])
     assert rc == 0, err
     assert [r["id"] for r in recs] == [1, 3, 4, 5]  # line numbers; the blank line 2 is skipped
-    assert set(recs[0]) == {"id", "num_tokens", "scored_tokens", "total_logprob", "nats_per_token", "perplexity"}
+    assert set(recs[0]) == {
+        "id", "num_tokens", "scored_tokens", "total_logprob", "nats_per_token", "perplexity", "unknown_tokens"
+    }  # fmt: skip
     for r, text in zip(recs, [lines[0], *lines[2:]], strict=True):
         ids = encode(text)
         lp = oracle_logprobs(ids)
@@ -302,14 +304,74 @@ def test_cli_resume_after_a_crash_mid_line(tmp_path: Path) -> None:
 
 
 def test_cli_unknown_symbols(tmp_path: Path) -> None:
+    """By default a char model scores a character it never saw as <unk> (and counts it); ``skip`` drops it;
+    ``error`` makes the sequence malformed. A run that fails before its first record leaves no output file, so the
+    same command can simply be run again."""
     inp = tmp_path / "in.txt"
-    inp.write_text("the cat\nthe λ cat\n")
-    rc, _, err = run_cli(["--model", str(tiny_model()), str(inp)])
-    assert rc == 2
-    assert f"{inp}:2: text: character 'λ' at offset 4 is not in the model's vocabulary" in err
-    rc, recs, err = run_cli(["--model", str(tiny_model()), str(inp), "--allow-unknown"])
+    inp.write_text("the λ cat\nthe cat\n")
+    model = str(tiny_model())
+    rc, recs, err = run_cli(["--model", model, str(inp)])
     assert rc == 0, err
-    assert [r["unknown_tokens"] for r in recs] == [0, 1]
+    assert [r["unknown_tokens"] for r in recs] == [1, 0] and recs[0]["num_tokens"] == 9
+    unk = recs[0]
+    rc, recs, err = run_cli(["--model", model, str(inp), "--allow-unknown"])  # the older spelling
+    assert rc == 0 and recs[0] == unk
+    rc, recs, err = run_cli(["--model", model, str(inp), "--on-unknown", "skip", "--per-token"])
+    assert rc == 0, err
+    assert recs[0]["unknown_tokens"] == 1 and "".join(recs[0]["token_texts"]) == "the  cat"
+    out = tmp_path / "out.jsonl"
+    rc, recs, err = run_cli(["--model", model, str(inp), "--on-unknown", "error", "--out", str(out)])
+    assert rc == 2
+    assert f"{inp}:1: text: character 'λ' at offset 4 is not in the model's vocabulary" in err
+    assert "--on-unknown unk scores it as <unk>, skip drops it" in err
+    assert not out.exists()  # nothing was written: no empty file to block the next run
+    rc, recs, err = run_cli(["--model", model, str(inp), "--out", str(out)])
+    assert rc == 0, err
+    assert len(out.read_text().splitlines()) == 2
+    rc, _, err = run_cli(["--model", model, str(inp), "--on-unknown", "error", "--allow-unknown"])
+    assert rc == 2 and "--allow-unknown: means --on-unknown unk, but --on-unknown error was given" in err
+
+
+def test_cli_progress_on_resume_counts_what_was_already_done(tmp_path: Path) -> None:
+    """On a terminal the bar of a resumed run starts with the sequences OUTPUT already holds (a real pty)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for i in range(6):
+        (folder / f"{i}.txt").write_text(f"the cat {i}")
+    out = tmp_path / "out.jsonl"
+    model = str(tiny_model())
+    rc, _, err = run_cli(["--model", model, str(folder), "--out", str(out)])
+    assert rc == 0, err
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:4]))  # as if interrupted after 4 of 6
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # tqdm draws nothing 0 columns wide
+    cmd = [sys.executable, "-m", "model.cli", "score", "--model", model, str(folder), "--out", str(out), "--resume"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.wait(timeout=60) == 0
+    shown = b"".join(chunks).decode(errors="replace")
+    assert "scored: 100%" in shown and "| 6/6 [" in shown and "4 already in OUTPUT" in shown, shown
+    assert "| 2/6 [" not in shown, shown  # it used to end at the 2 sequences this run scored
+    assert len(out.read_text().splitlines()) == 6
 
 
 @pytest.mark.parametrize(

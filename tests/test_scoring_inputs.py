@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.data.tokenizers import CharTokenizer, WordTokenizer
+from model.data.tokenizers import ByteTokenizer, CharTokenizer, WordTokenizer
 from model.errors import ConfigError, DataError
-from service.scoring.inputs import BadInput, Encoder, InputReader, Item, id_key, input_format
+from service.scoring.inputs import BadInput, Encoder, InputReader, Item, default_on_unknown, id_key, input_format
 from service.scoring.records import RecordWriter, dumps
 
 TOK = CharTokenizer("abc \n")  # id 0 is <unk>
 
 
-def enc(allow_unknown: bool = False) -> Encoder:
-    return Encoder(TOK, allow_unknown)
+def enc(on_unknown: str = "error") -> Encoder:
+    return Encoder(TOK, on_unknown)
 
 
 def read(path: Path | str, fmt: str = "auto", **kw: object) -> list[Item | BadInput]:
@@ -55,21 +55,26 @@ def test_text_bad_utf8_and_unknown_symbol_name_the_line(tmp_path: Path) -> None:
     bad = [str(x) for x in items if isinstance(x, BadInput)]
     assert bad[0] == f"{p}:2: not valid UTF-8 (byte 0xff at offset 0)"
     assert bad[1].startswith(f"{p}:3: text: character 'x' at offset 1 is not in the model's vocabulary")
-    assert "--allow-unknown" in bad[1]
+    assert "(--on-unknown unk scores it as <unk>, skip drops it)" in bad[1]
     assert len(bad) == 3 and bad[2].startswith(f"{p}:4: text: character 'λ' at offset 0")
 
 
-def test_allow_unknown_counts_unk(tmp_path: Path) -> None:
+def test_unknown_symbols_scored_as_unk_or_dropped_are_counted(tmp_path: Path) -> None:
     p = tmp_path / "in.txt"
     p.write_text("axbx\n")
-    (item,) = list(InputReader(str(p), "auto", enc(allow_unknown=True)))
-    assert isinstance(item, Item) and item.unknown == 2 and item.ids.tolist()[1] == 0
+    (item,) = list(InputReader(str(p), "auto", enc("unk")))
+    assert isinstance(item, Item) and item.unknown == 2 and item.ids.tolist() == [1, 0, 2, 0]
+    (item,) = list(InputReader(str(p), "auto", enc("skip")))
+    assert isinstance(item, Item) and item.unknown == 2 and TOK.decode(item.ids) == "ab"
+    with pytest.raises(ConfigError, match="--on-unknown: must be one of error, skip, unk, got 'drop'"):
+        enc("drop")
+    assert default_on_unknown(TOK) == "unk" and default_on_unknown(ByteTokenizer()) == "error"
 
 
 def test_word_tokenizer_names_the_unknown_word(tmp_path: Path) -> None:
     p = tmp_path / "in.txt"
     p.write_text("the cat sat\n")
-    (bad,) = list(InputReader(str(p), "auto", Encoder(WordTokenizer(["the", " ", "cat"]), False)))
+    (bad,) = list(InputReader(str(p), "auto", Encoder(WordTokenizer(["the", " ", "cat"]), "error")))
     assert isinstance(bad, BadInput) and "word 'sat' (token 4)" in bad.message
 
 
@@ -159,6 +164,25 @@ def test_writer_refuses_existing_output_without_resume_or_overwrite(tmp_path: Pa
     assert p.read_text() == '{"id":2}\n'
     with pytest.raises(ConfigError, match="--resume: needs --out FILE"):
         RecordWriter(None, resume=True)
+
+
+def test_writer_creates_its_file_only_with_a_record_or_on_success(tmp_path: Path) -> None:
+    """A run that fails before its first record leaves no empty file (which would block the retry) and leaves a
+    file it was to overwrite untouched; a successful run without records still writes its empty file."""
+    p = tmp_path / "sub" / "out.jsonl"
+    w = RecordWriter(str(p))
+    w.write([])
+    w.close(ok=False)
+    assert not p.exists()
+    RecordWriter(str(p)).close()
+    assert p.read_text() == ""
+    p.write_text('{"id": 1}\n')
+    RecordWriter(str(p), overwrite=True).close(ok=False)
+    assert p.read_text() == '{"id": 1}\n'
+    w = RecordWriter(str(p), overwrite=True)
+    w.write([dumps({"id": 2})])
+    w.close(ok=False)  # what was written stays
+    assert p.read_text() == '{"id":2}\n'
 
 
 def test_writer_resume_drops_partial_line_and_collects_ids(tmp_path: Path) -> None:

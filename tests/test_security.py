@@ -74,7 +74,7 @@ def test_request_limits_everywhere() -> None:
 
 def test_long_text_is_refused_before_it_is_tokenized(monkeypatch: pytest.MonkeyPatch) -> None:
     async def main() -> None:
-        srv = SeqpredServer(settings(max_request_tokens=8))
+        srv = SeqpredServer(settings(max_request_tokens=8, on_unknown="error"))
         try:
             engine = srv.engine
             calls: list[int] = []

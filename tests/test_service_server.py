@@ -29,7 +29,7 @@ ATOL = 3e-5
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Any]:
-    with running_server(metrics_port=0) as st:
+    with running_server(metrics_port=0, on_unknown="error") as st:  # the error cases below include unknown text
         yield st
 
 

@@ -4,6 +4,8 @@ A spec is one of:
 
 * ``"stdlib"``: the running Python's own standard-library ``.py`` sources (no network, works wherever
   Python runs), without ``site-packages`` / ``dist-packages``.
+* ``"tinyshakespeare"``: Karpathy's Tiny Shakespeare (1,115,394 characters of Shakespeare's plays, public domain),
+  shipped with the package as ``model/data/tinyshakespeare.txt.gz``; split like a text file.
 * a text file: the first ``1 - val_fraction`` of its characters train, the rest validate (nanoGPT's
   90/10 split of tinyshakespeare).
 * a directory: every text file under it, recursively (hidden entries and files with NUL bytes skipped).
@@ -19,6 +21,7 @@ moves to the other side. A single file is split by characters. Files are read as
 from __future__ import annotations
 
 import glob
+import gzip
 import os
 import sysconfig
 import zlib
@@ -28,6 +31,9 @@ from pathlib import Path
 from model.errors import DataError
 
 _GLOB_CHARS = frozenset("*?[")
+#: The corpus spec of the text shipped with the package, and its file (gzip; the text is plain UTF-8).
+SHAKESPEARE = "tinyshakespeare"
+SHAKESPEARE_FILE = Path(__file__).resolve().parent / "tinyshakespeare.txt.gz"
 _EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
 
 
@@ -77,6 +83,13 @@ def load_corpus(spec: str, val_fraction: float = 0.1, max_chars: int | None = No
         if not paths:
             raise DataError(f"corpus {spec!r}: no .py files under the standard library at {root}")
         return _split_files(spec, root, paths, val_fraction, max_chars)
+
+    if spec == SHAKESPEARE:
+        try:
+            shipped = gzip.decompress(SHAKESPEARE_FILE.read_bytes()).decode("utf-8")
+        except (OSError, EOFError, UnicodeDecodeError) as e:
+            raise DataError(f"corpus {spec!r}: the shipped {SHAKESPEARE_FILE} is unreadable ({e})") from None
+        return _split_chars(spec, SHAKESPEARE_FILE, shipped, val_fraction, max_chars)
 
     path = Path(spec)
     if not path.exists() and any(c in spec for c in _GLOB_CHARS):

@@ -100,8 +100,8 @@ def _add_variants(sub: Any) -> None:
     p.add_argument(
         "--corpus",
         default=None,
-        help=f"text file, directory, glob or 'stdlib'; first 90%% train, last 10%% validation (default: "
-        f"{V.DEFAULT_CORPUS}, present in the development tree only)",
+        help=f"text file, directory, glob, 'stdlib' or 'tinyshakespeare'; first 90%% train, last 10%% validation "
+        f"(default: {V.DEFAULT_CORPUS}, shipped with the package)",
     )
     p.add_argument("--max-chars", type=int, default=None, help="read at most this many characters (0 = all)")
     p.add_argument("--variants", default=None, help=f"comma-separated (default: all of {','.join(d.variants)})")
@@ -146,12 +146,7 @@ def memory_config_from_args(a: argparse.Namespace) -> M.MemoryConfig:
 
 def variants_config_from_args(a: argparse.Namespace) -> V.VariantsConfig:
     base: dict[str, Any] = dict(V.QUICK) if a.quick else {}
-    if a.corpus is None and not V.DEFAULT_CORPUS.exists():
-        raise ConfigError(
-            f"--corpus: the default corpus {str(V.DEFAULT_CORPUS)!r} is not here (it exists only in the "
-            "development tree); pass --corpus PATH (a text file, a directory, a glob or 'stdlib')"
-        )
-    base["corpus"] = str(V.DEFAULT_CORPUS) if a.corpus is None else a.corpus
+    base["corpus"] = V.DEFAULT_CORPUS if a.corpus is None else a.corpus
     if a.variants is not None:
         base["variants"] = _names("--variants", a.variants)
     if a.lrs is not None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +34,7 @@ import numpy as np
 from model import config as model_config
 from model import network as N
 from model.config import ModelConfig
+from model.data.corpora import SHAKESPEARE
 from model.data.streams import make_streams, window
 from model.errors import ConfigError
 from model.experiments.memory import DEEP_CELLS, TRAIN_STREAM
@@ -42,8 +42,8 @@ from model.experiments.runner import Key, Record, check_float, check_int, check_
 from model.train import optim
 from model.train.evaluate import evaluate
 
-#: The default corpus: tinyshakespeare next to the repository (present in the development tree only).
-DEFAULT_CORPUS = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare.txt"
+#: The default corpus: Tiny Shakespeare, shipped with the package (:data:`model.data.corpora.SHAKESPEARE`).
+DEFAULT_CORPUS = SHAKESPEARE
 #: Streams and window length of the validation pass (wider batches and longer windows only save Python
 #: overhead: the state is carried, and only each stream's first character goes unscored).
 EVAL_BATCH, EVAL_SEQ_LEN = 64, 256
@@ -137,7 +137,7 @@ class VariantsConfig:
     """
 
     variants: tuple[str, ...] = field(default_factory=_all_variants)
-    corpus: str = str(DEFAULT_CORPUS)
+    corpus: str = DEFAULT_CORPUS
     max_chars: int = 0
     lrs: tuple[float, ...] = (5e-3, 1.5e-2, 4.5e-2)
     seeds: int = 3
@@ -283,7 +283,7 @@ def train_variant(exp: VariantsConfig, v: Variant, lr: float, seed: int, data: C
     t1 = time.perf_counter()
     val: float | None = None
     if not diverged:
-        nats, _ = evaluate(cfg, p, data.val, batch=EVAL_BATCH, seq_len=EVAL_SEQ_LEN, max_tokens=exp.eval_chars)
+        nats = evaluate(cfg, p, data.val, EVAL_BATCH, EVAL_SEQ_LEN, max_tokens=exp.eval_chars).nats_per_token
         val = nats if math.isfinite(nats) else None
         diverged = val is None
     return VariantResult(

@@ -131,7 +131,7 @@ def _check_destination(out: Path, precision: str, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out: {str(out)!r} exists and is not a directory")
     if out.exists() and not overwrite:
-        raise ConfigError(f"out: {str(out)!r} already exists (pass overwrite=True / --overwrite to replace it)")
+        raise ConfigError(f"out: {str(out)!r} already exists (pass overwrite=True to replace it)")
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:

@@ -1,1 +1,1 @@
-"""Training: loop, optimisers, batch shards, LSTM fast path, checkpoints, evaluation. May import: model core, data."""
+"""Training: loop, budget, stopping, shards, checkpoints, evaluation, train/eval commands. May import: core, data."""

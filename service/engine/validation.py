@@ -37,7 +37,9 @@ class RequestChecks:
         return arr
 
     def encode_text(self, text: str, name: str = "text") -> np.ndarray:
-        """Tokenize ``text``; a symbol outside the vocabulary raises UnknownSymbol naming it and its offset."""
+        """Tokenize ``text``. A symbol outside the vocabulary becomes ``<unk>`` (``--on-unknown unk``, and ``auto``
+        for a model with an ``<unk>``: every char and word model), is dropped (``skip``), or raises UnknownSymbol
+        naming it and its offset (``error``). A model without ``<unk>`` (byte) has no unknown symbols."""
         tok = self.tokenizer
         if not tok.has_text:
             raise InvalidArgument(
@@ -61,9 +63,12 @@ class RequestChecks:
             raise UnknownSymbol(f"{name}: {str(e).removeprefix('text: ')}") from None
         if len(ids) > limit:
             raise TooManyTokens(f"{name}: {len(ids)} tokens, more than the limit of {limit} per request")
-        if tok.unk_id is not None and len(ids):
+        mode = self.settings.on_unknown
+        if tok.unk_id is not None and len(ids) and mode in ("error", "skip"):  # "auto" is "unk": it has an <unk>
             bad = np.flatnonzero(ids == tok.unk_id)
-            if bad.size:
+            if bad.size and mode == "skip":
+                return np.delete(ids, bad)
+            if bad.size and mode == "error":
                 i = int(bad[0])
                 if isinstance(tok, WordTokenizer | ListTokenizer):
                     pieces = tok.split(text)
@@ -81,6 +86,8 @@ class RequestChecks:
             raise InvalidArgument(f"{name or 'request'}: set tokens or text, not both")
         if text:
             ids = self.encode_text(text, f"{name}.text" if name else "text")
+            if len(ids) == 0:  # every symbol was unknown and skipped (--on-unknown skip): no input
+                return None
             return int(ids[0]) if len(ids) == 1 else ids
         if len(tokens) == 1:
             t = tokens[0]

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from model.errors import EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, SeqpredError, report_error
-from service.scoring.inputs import FORMATS, BadInput, Encoder, InputReader, Item
+from service.scoring.inputs import FORMATS, ON_UNKNOWN, BadInput, Encoder, InputReader, Item, default_on_unknown
 from service.scoring.records import RecordFormatter, RecordWriter, dumps
 from service.scoring.scorer import BATCH_TOKENS, CHUNK_LEN, MAX_BATCH, WINDOW_TOKENS, Scorer
 
@@ -66,7 +66,14 @@ def score_parser(prog: str = "seqpred score") -> argparse.ArgumentParser:
         help="a malformed line or file: stop with exit code 2 after writing everything before it (fail, the "
         "default), or report it on stderr and go on (skip)",
     )
-    p.add_argument("--allow-unknown", action="store_true", help="score symbols outside the vocabulary as <unk>")
+    p.add_argument(
+        "--on-unknown",
+        default=None,
+        choices=ON_UNKNOWN,
+        help="a symbol outside the vocabulary: score it as <unk> (unk), drop it (skip), or treat the sequence as "
+        "malformed (error); default: unk when the model has an <unk> token (char and word models), else error",
+    )
+    p.add_argument("--allow-unknown", action="store_true", help="the same as --on-unknown unk (older spelling)")
     p.add_argument("--threads", type=int, default=0, help="worker threads (0 = one per usable core)")
     p.add_argument("--intra-op-threads", type=int, default=1, help="onnxruntime threads per batch (default 1)")
     p.add_argument("--batch-tokens", type=int, default=BATCH_TOKENS, help="padded tokens per batch")
@@ -121,6 +128,7 @@ def _progress(enabled: bool, total: int | None) -> Any:
 
     return tqdm(
         total=total,
+        desc="scored",
         unit="seq",
         file=sys.stderr,
         dynamic_ncols=True,
@@ -145,7 +153,10 @@ def run_score(args: argparse.Namespace, stdin: Any = None, stdout: Any = None) -
     )
     tok = scorer.tokenizer
     assert tok is not None
-    encoder = Encoder(tok, args.allow_unknown)
+    if args.allow_unknown and args.on_unknown not in (None, "unk"):
+        raise ConfigError(f"--allow-unknown: means --on-unknown unk, but --on-unknown {args.on_unknown} was given")
+    on_unknown = "unk" if args.allow_unknown else args.on_unknown or default_on_unknown(tok)
+    encoder = Encoder(tok, on_unknown)
     writer = RecordWriter(args.out, resume=args.resume, overwrite=args.overwrite, stdout=stdout)
     if writer.dropped_bytes:
         print(
@@ -153,15 +164,22 @@ def run_score(args: argparse.Namespace, stdin: Any = None, stdout: Any = None) -
             "left by an interrupted run",
             file=sys.stderr,
         )
-    skip = writer.done.__contains__ if writer.done else None  # (no id canonicalization unless resuming)
-    reader = InputReader(args.input, args.format, encoder, skip=skip, stdin=stdin)
+    reader = InputReader(args.input, args.format, encoder, stdin=stdin)
     fmt = RecordFormatter(
-        [tok.token_text(i) for i in range(tok.vocab_size)], args.per_token, args.top_k, args.allow_unknown
+        [tok.token_text(i) for i in range(tok.vocab_size)], args.per_token, args.top_k, on_unknown != "error"
     )
     summary = Summary()
     failure: list[BadInput] = []
     t0 = time.perf_counter()
     bar = _progress(not args.no_progress, reader.total)
+
+    def already_done(key: str) -> bool:  # --resume: a sequence OUTPUT holds counts as done on the bar
+        if key in writer.done:
+            bar.update(1)
+            return True
+        return False
+
+    reader.skip = already_done if writer.done else None  # (no id canonicalization unless resuming)
 
     def items() -> Iterator[Item]:
         for x in reader:
@@ -179,6 +197,7 @@ def run_score(args: argparse.Namespace, stdin: Any = None, stdout: Any = None) -
 
     lines: list[str] = []
     last_flush = t0
+    ok = False
     try:
         for item, s in scorer.score_stream(items(), window_tokens=args.window_tokens):
             lines.append(dumps(fmt(item, s)))
@@ -194,9 +213,10 @@ def run_score(args: argparse.Namespace, stdin: Any = None, stdout: Any = None) -
                 last_flush = now
                 bar.set_postfix_str(f"{summary.tokens / max(now - t0, 1e-9):,.0f} tok/s", refresh=False)
         writer.write(lines)
+        ok = not failure
     finally:
         bar.close()
-        writer.close()
+        writer.close(ok)
     summary.resumed = reader.skipped
     summary.seconds = max(time.perf_counter() - t0, 1e-9)
     print(summary.line(), file=sys.stderr)

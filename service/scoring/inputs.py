@@ -44,7 +44,8 @@ SeqId = str | int
 
 @dataclass(frozen=True)
 class Item:
-    """One input sequence: its position in the input, its id, its token ids and how many were ``<unk>``."""
+    """One input sequence: its position in the input, its id, its token ids and how many of its symbols were outside
+    the vocabulary (scored as ``<unk>``, or dropped)."""
 
     index: int
     id: SeqId
@@ -90,24 +91,40 @@ def input_format(path: str, fmt: str) -> str:
     return "jsonl" if name.endswith(JSONL_SUFFIXES) else "text"
 
 
-class Encoder:
-    """Text -> token ids with the model's tokenizer; rejects (or counts) symbols outside the vocabulary."""
+#: What ``--on-unknown`` does with a symbol outside the vocabulary: refuse the sequence, drop it, score it as <unk>.
+ON_UNKNOWN = ("error", "skip", "unk")
 
-    def __init__(self, tokenizer: Tokenizer, allow_unknown: bool) -> None:
+
+def default_on_unknown(tokenizer: Tokenizer) -> str:
+    """``unk`` for a model with an ``<unk>`` token (every char and word model), else ``error`` (a byte model,
+    which represents every string)."""
+    return "unk" if tokenizer.unk_id is not None else "error"
+
+
+class Encoder:
+    """Text -> token ids with the model's tokenizer; a symbol outside the vocabulary is refused (``error``),
+    dropped (``skip``) or kept as ``<unk>`` (``unk``), and counted."""
+
+    def __init__(self, tokenizer: Tokenizer, on_unknown: str) -> None:
+        if on_unknown not in ON_UNKNOWN:
+            raise ConfigError(f"--on-unknown: must be one of {', '.join(ON_UNKNOWN)}, got {on_unknown!r}")
         self.tokenizer = tokenizer
-        self.allow_unknown = allow_unknown
+        self.on_unknown = on_unknown
         self.vocab_size = tokenizer.vocab_size
 
     def text(self, text: str) -> tuple[IdArray, int]:
-        """``(ids, number of <unk> ids)``; an unknown symbol raises DataError unless unknowns are allowed."""
+        """``(ids, number of unknown symbols)``: with ``skip`` they are left out of ``ids``; with ``error`` the
+        first one raises DataError naming it."""
         ids = self.tokenizer.encode(text)
         unk = self.tokenizer.unk_id
         if unk is None or ids.size == 0:
             return ids, 0
         where = np.flatnonzero(ids == unk)
-        if where.size and not self.allow_unknown:
+        if where.size and self.on_unknown == "error":
             raise DataError(f"text: {self._unknown(text, int(where[0]))} is not in the model's vocabulary "
-                            "(pass --allow-unknown to score it as <unk>)")  # fmt: skip
+                            "(--on-unknown unk scores it as <unk>, skip drops it)")  # fmt: skip
+        if where.size and self.on_unknown == "skip":
+            ids = np.delete(ids, where)
         return ids, int(where.size)
 
     def _unknown(self, text: str, pos: int) -> str:
@@ -284,10 +301,12 @@ def _list_files(root: Path) -> list[Path]:
 
 __all__ = [
     "FORMATS",
+    "ON_UNKNOWN",
     "BadInput",
     "Encoder",
     "InputReader",
     "Item",
+    "default_on_unknown",
     "id_key",
     "input_format",
 ]

@@ -4,9 +4,11 @@ drops an incomplete last line left by an interrupted run and collects the ids al
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +36,10 @@ class RecordWriter:
     A file that exists needs ``resume`` (keep it, skip its ids) or ``overwrite`` (replace it); otherwise
     ConfigError. With ``resume``, an incomplete last line (a run killed mid-write) is cut off and reported in
     :attr:`dropped_bytes`; every complete line must be a JSON object with an ``id``.
+
+    The file is opened (created, or truncated for ``overwrite``) at the first record, or by ``close(ok=True)``:
+    a run that fails or is interrupted before its first record leaves no empty file behind (one that would stop
+    the retry) and leaves a file it was to overwrite as it was.
     """
 
     def __init__(
@@ -60,10 +66,13 @@ class RecordWriter:
             p.parent.mkdir(parents=True, exist_ok=True)
             if resume and p.exists():
                 self._load(p)
-            self._f = open(p, "a" if resume else "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
+            if not os.access(p if p.exists() else p.parent, os.W_OK):
+                raise PermissionError(errno.EACCES, "Permission denied")
         except OSError as e:
             raise ConfigError(f"--out: cannot write {str(p)!r} ({e.strerror or e})") from None
+        self._mode = "a" if resume else "w"
         self._own = True
+        self._opened = False
 
     def _load(self, p: Path) -> None:
         with open(p, "rb+") as f:
@@ -85,17 +94,32 @@ class RecordWriter:
                 raise ConfigError(f"--out: {str(p)!r} line {lineno} has no 'id' (not written by seqpred score?)")
             self.done.add(id_key(obj["id"]))
 
+    def _open(self) -> None:
+        assert self.path is not None
+        try:
+            self._f = open(self.path, self._mode, encoding="utf-8")  # noqa: SIM115 - closed by close()
+        except OSError as e:
+            raise ConfigError(f"--out: cannot write {str(self.path)!r} ({e.strerror or e})") from None
+        self._opened = True
+
     def write(self, lines: list[str]) -> None:
         """Write complete lines (each already ending in a newline) and flush them."""
         if lines:
+            if self._own and not self._opened:
+                self._open()
             self._f.write("".join(lines))
             self._f.flush()
 
-    def close(self) -> None:
-        if self._own:
-            self._f.close()
-        else:
+    def close(self, ok: bool = True) -> None:
+        """Close OUTPUT; with ``ok`` (the run succeeded) a run without records still leaves its (empty) file."""
+        if not self._own:
             self._f.flush()
+            return
+        if ok and not self._opened:
+            self._open()
+        if self._opened:
+            self._f.close()
+            self._opened = False
 
 
 def dumps(record: dict[str, Any]) -> str:
