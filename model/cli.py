@@ -8,6 +8,7 @@ Every user error (bad flag value, missing corpus, corrupt checkpoint, ...) ends 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
