@@ -279,8 +279,7 @@ def test_vocab_files(tmp_path: Path) -> None:
     rc, _, err = import_onnx_cli(tmp_path, model)
     assert (rc, err) == (
         2,
-        f"seqpred: error: out: {str(tmp_path / 'm')!r} already exists "
-        "(pass overwrite=True / --overwrite to replace it)\n",
+        f"seqpred: error: out: {str(tmp_path / 'm')!r} already exists; pass --overwrite to replace it\n",
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from model.errors import EXIT_INTERRUPTED, ConfigError, SeqpredError, report_error
@@ -75,6 +76,9 @@ def main_import(argv: Sequence[str] | None = None) -> int:
 def _run(a: Any) -> int:
     from model.importers.write import import_onnx, import_torch
 
+    out = Path(a.out)
+    if out.is_dir() and not a.overwrite:  # the API's own check words it for Python callers (overwrite=True)
+        raise ConfigError(f"out: {str(out)!r} already exists; pass --overwrite to replace it")
     if a.source == "onnx":
         path = import_onnx(a.model, a.out, vocab=a.vocab, precision=a.precision, overwrite=a.overwrite)
         src = a.model
