@@ -66,10 +66,13 @@ def test_a_stream_carries_the_state_of_an_imported_model(models: dict[str, Any])
         (sc,) = client.score(["ab c\na"])
         want = [ref[t, ids[t + 1]] for t in range(len(ids) - 1)]
         np.testing.assert_allclose(sc.token_logprobs, want, atol=TOL)
-        with pytest.raises(RequestError) as e, client.session() as s:
-            s.feed("abd")
-        assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
-        assert e.value.message.startswith("text: character 'd' at offset 2 is not in the model's vocabulary")
+        # 'd' is not in the list, which holds "<unk>": the default --on-unknown (auto) feeds <unk> for it
+        with client.session() as s:
+            r = s.feed("abd", top_k=3)
+        assert r.position == 2
+        ref2 = source_logprobs(models["source"], [4, 0])
+        assert [p.id for p in r.predictions] == list(np.argsort(-ref2[1])[:3])
+        np.testing.assert_allclose([p.logprob for p in r.predictions], np.sort(ref2[1])[::-1][:3], atol=TOL)
 
 
 def test_a_model_without_vocabulary_serves_token_ids_and_refuses_text(models: dict[str, Any]) -> None:
