@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from service_helpers import tiny_model
 
-from service.durability import recovery, salvage, snapshot, wal
+from service.durability import recovery, salvage, snapshot, statedir, wal
 from service.durability.cli import main_durability
 from service.durability.local import LocalLog
 from service.runtime.bundle import load_bundle
@@ -180,3 +181,28 @@ def test_no_snapshot_ever_deletes_a_damaged_file(tmp_path: Path, runtime: Runtim
     assert wal.numbered(d, wal.SEGMENT_RE)[0][0] > 0  # the salvaged segments were compacted away
     assert sorted(p.name for p in (d / "damaged").iterdir()) == aside
     assert (d / "damaged" / "log-000000000000.seg").read_bytes() == bytes(bad)
+
+
+def test_a_directory_in_use_is_left_alone_and_a_second_salvage_keeps_the_first_damage(
+    tmp_path: Path, capsys: Any
+) -> None:
+    data, offsets = history("a", "b", "c")
+    bad = bytearray(data)
+    bad[offsets[1] + 25] ^= 0x20
+    d = state_dir(tmp_path / "d", bytes(bad))
+    fd = statedir.lock(d)  # a running server holds it
+    assert fd is not None
+    try:
+        assert main_durability(["salvage", str(d)]) == 2
+        assert "is in use by a running server; stop it first" in capsys.readouterr().err
+    finally:
+        os.close(fd)
+    assert main_durability(["salvage", str(d)]) == 0
+    again = bytearray(wal.segment_path(d, 0).read_bytes())  # the salvaged segment: b's and c's records
+    again[len(again) // 2] ^= 0x20
+    wal.segment_path(d, 0).write_bytes(bytes(again))
+    assert main_durability(["salvage", str(d), "--accept-unknown-loss"]) == 0
+    aside = sorted(p.name for p in (d / "damaged").iterdir())
+    assert aside == ["log-000000000000.seg", "log-000000000000.seg.1", "salvage.json", "salvage.json.1"]
+    assert (d / "damaged" / "log-000000000000.seg").read_bytes() == bytes(bad)
+    assert (d / "damaged" / "log-000000000000.seg.1").read_bytes() == bytes(again)
