@@ -18,9 +18,10 @@ longer than ``max_wait`` after its oldest job arrived. When at most one RPC is o
 servicer) nothing could join a batch, and the job runs at once.
 
 Where a batch runs: on the event loop when it is predicted to take at most
-:data:`~service.engine.batch_exec.INLINE_SECONDS` (a hand-off to a thread and back costs about 0.1 ms, a large
-share of a one-token step), otherwise in the executor, so the loop keeps answering other RPCs (health included)
-while onnxruntime computes (it releases the GIL). The prediction is the batch's padded tokens times the seconds
+:data:`~service.engine.batch_exec.INLINE_SECONDS` of CPU (10 ms: a hand-off to a thread and back costs about
+0.05 ms, more than a one-token step of a small model, while 10 ms hold up nobody noticeably), otherwise in the
+executor, so the loop keeps answering other RPCs (health included) while onnxruntime computes (it releases the
+GIL). The prediction is the batch's padded tokens times the seconds
 per token measured on recent batches of the same kind; a kind not measured yet runs in the executor. Without an
 executor everything runs on the loop (tests).
 
