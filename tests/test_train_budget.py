@@ -57,7 +57,6 @@ def test_minutes_bound_the_whole_command_even_with_the_whole_validation_split(tm
     # what failed before: every validation token was scored, whatever the time
     assert 0 < final["val_tokens"] < final["val_sample_tokens"]
     assert f"({final['val_tokens']:,} of " in res.stdout and "cut from" in res.stdout
-    assert any("loss" in row for row in rows)  # it trained before the reserve
     # the bound itself: 15 s of margin on a quiet machine, stretched by how oversubscribed the cores were (other
     # test suites share them: at a load of 25 on 2 cores a 9 s budget of CPU work takes minutes)
     slow = max(1.0, load, os.getloadavg()[0]) / (os.cpu_count() or 1)

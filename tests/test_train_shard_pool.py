@@ -188,7 +188,6 @@ def test_an_interrupted_run_stops_cleanly_with_its_workers(sig: int, tmp_path: P
     corpus.write_text("the quick brown fox jumps over the lazy dog. " * 200)
     out = tmp_path / "run"
     shm = Path(shard_pool.SHM_DIR)
-    before = set(shm.iterdir()) if shm.is_dir() else set()
     cmd = [sys.executable, "-m", "model.cli", "train", "--corpus", str(corpus), "--hidden", "16", "--embed", "8"]
     cmd += ["--batch", "4", "--seq-len", "8", "--steps", "1000000", "--threads", "2"]
     proc = subprocess.Popen([*cmd, "--out", str(out), "--no-progress"], stderr=subprocess.PIPE, text=True)
@@ -199,6 +198,9 @@ def test_an_interrupted_run_stops_cleanly_with_its_workers(sig: int, tmp_path: P
             time.sleep(0.1)
         children = _children(proc.pid)
         assert children, "no shard worker"
+        maps = Path(f"/proc/{proc.pid}/maps").read_text().splitlines()
+        mine = {Path(line.split()[-1]) for line in maps if f"{shm}/" in line}  # other runs on the machine have theirs
+        assert mine, "the pool's shared memory is not mapped"
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
     finally:
@@ -210,8 +212,7 @@ def test_an_interrupted_run_stops_cleanly_with_its_workers(sig: int, tmp_path: P
     while any(_alive(c) for c in children) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [c for c in children if _alive(c)]
-    if shm.is_dir():
-        assert set(shm.iterdir()) <= before
+    assert not [p for p in mine if p.exists()]
 
 
 def _alive(pid: int) -> bool:
