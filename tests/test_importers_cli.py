@@ -406,3 +406,14 @@ def test_a_prefixed_bias_free_state_dict_imports(tmp_path: Path) -> None:
     assert imp["format"] == "safetensors"
     assert imp["mapping"]["recurrent"] == "model.rnn.*" and imp["mapping"]["embedding"] == "model.emb.weight"
     assert imp["mapping"]["gate_permutation"] == {"from": "r, z, n", "blocks": [1, 0, 2]}
+
+
+def test_a_state_dict_without_embedding_reads_real_valued_inputs(tmp_path: Path) -> None:
+    pytest.importorskip("safetensors")
+    sd = {k: v for k, v in state(1).items() if not k.startswith("emb.")}
+    rc, out, err = import_torch_cli(tmp_path, sd, "--arch", "lstm", "--layers", "1")
+    assert (rc, err) == (0, "")
+    assert out.endswith("lstm L=1 H=3, 2 real-valued inputs, fp32\n")
+    manifest = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert (manifest["model"]["head"], manifest["model"]["input_dim"], manifest["model"]["output_dim"]) == ("mse", 2, 5)
+    assert manifest["tokenizer"] is None

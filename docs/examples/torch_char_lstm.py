@@ -61,8 +61,10 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--max-chars", type=int, default=2_000_000)
+    ap.add_argument("--threads", type=int, default=1, help="PyTorch threads (default 1: steady on a busy machine)")
     a = ap.parse_args()
     torch.manual_seed(0)
+    torch.set_num_threads(a.threads)  # measured under load: 2 threads took 7-9 s a step, 1 thread 0.35 s
     text = corpus(a.max_chars)
     chars = sorted(set(text))
     ids = torch.tensor([chars.index(c) for c in text] if len(text) < 1000 else _encode(text, chars))

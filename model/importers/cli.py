@@ -98,8 +98,7 @@ def _run(a: Any) -> int:
 
     md = load_model_dir(path)
     cfg = md.config
-    what = (
-        f"vocabulary {cfg.vocab_size} ({md.tokenizer.kind})" if md.tokenizer is not None else f"inputs {cfg.input_dim}"
-    )
+    tok = md.tokenizer
+    what = f"vocabulary {cfg.vocab_size} ({tok.kind})" if tok is not None else f"{cfg.input_dim} real-valued inputs"
     print(f"imported {src} -> {path}: {cfg.cell} L={cfg.layers} H={cfg.hidden}, {what}, {md.precision}")
     return 0

@@ -1,6 +1,7 @@
 """An imported model is a first-class model: served by the real gRPC service (streams carry the state between
-requests, unary scoring) and scored by ``seqpred score``, equal to onnxruntime on the source file; a model
-imported without ``--vocab`` serves token ids and answers a text request with a message naming the field."""
+requests, unary scoring, durability across a restart, sessions shared by two replicas through Redis) and scored
+by ``seqpred score``, equal to onnxruntime on the source file; a model imported without ``--vocab`` serves token
+ids and answers a text request with a message naming the field."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 import onnx
 import pytest
 from import_helpers import Spec, as_logprobs, build, run_source
+from redis_helpers import redis_server
 from service_helpers import running_server
 
 from model.importers.write import import_onnx
@@ -132,6 +134,22 @@ def test_an_imported_models_sessions_survive_a_restart(models: dict[str, Any], t
         assert s.feed("ab c", top_k=1, start=True).position == 3
     with running_server(**kw) as server, Client(server.target, timeout=10) as c, c.session("imported") as s:
         r = s.feed("\na", top_k=len(TOKENS))
+    assert r.position == 5
+    got = {p.text: p.logprob for p in r.predictions}
+    np.testing.assert_allclose([got[t] for t in TOKENS], ref[4], atol=TOL)
+
+
+def test_two_replicas_share_an_imported_models_sessions_through_redis(models: dict[str, Any]) -> None:
+    """``--store redis`` works on an imported model as on any other: a session goes on on another replica."""
+    ids = [4, 5, 3, 6, 1]
+    ref = source_logprobs(models["source"], ids)
+    with redis_server() as redis:
+        kw = {"model": str(models["text"]), "store": "redis", "redis_url": redis.url}
+        with running_server(**kw) as a, running_server(**kw) as b:
+            with Client(a.target, timeout=10) as ca, ca.session("shared") as s:
+                assert s.feed("ab c", top_k=1, start=True).position == 3
+            with Client(b.target, timeout=10) as cb, cb.session("shared") as s:
+                r = s.feed("\na", top_k=len(TOKENS))
     assert r.position == 5
     got = {p.text: p.logprob for p in r.predictions}
     np.testing.assert_allclose([got[t] for t in TOKENS], ref[4], atol=TOL)
