@@ -37,9 +37,10 @@ def main_serve(argv: Sequence[str] | None = None) -> int:
     args = serve_parser().parse_args(argv)
     try:
         settings = settings_mod.from_namespace(args)
-        from service.server import configure_logging, load_runtime, serve
+        from service.logs import configure_logging
+        from service.server import load_runtime, serve
 
-        configure_logging(settings.log_level, settings.log_format)
+        configure_logging(settings.log_level, settings.log_format, settings.access_log)
         runtime = load_runtime(settings)  # before the loop starts: a bad --model fails fast, in one line
         asyncio.run(serve(settings, runtime))
     except SeqpredError as e:

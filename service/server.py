@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import errno
 import logging
 import signal
 import sys
@@ -35,6 +35,7 @@ from service.engine.batcher import Batcher
 from service.engine.core import Engine
 from service.errors import ModelLoadError
 from service.metrics import Metrics
+from service.ports import bind_failure, port_error
 from service.runtime.bundle import load_bundle
 from service.runtime.onnx_runtime import Runtime
 from service.security.auth import AuthInterceptor, load_tokens
@@ -47,35 +48,6 @@ log = logging.getLogger("seqpred.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SeqPred"].full_name
 #: Responses up to 16 MiB: a Score response of 256 sequences x 4096 tokens fits (requests: --max-message-bytes).
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg, and any ``extra={"fields": {...}}``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": round(record.created, 6),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            out.update(fields)
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
-
-
-def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
-    root = logging.getLogger("seqpred")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
 
 
 def load_runtime(settings: Settings) -> Runtime:
@@ -138,14 +110,30 @@ class SeqpredServer:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.grpc,
         )
-        if credentials is None:
-            self.port = self.grpc.add_insecure_port(settings.address)
-        else:
-            self.port = self.grpc.add_secure_port(settings.address, credentials)
+        busy = bind_failure(settings.host, settings.port) if settings.port else None  # before gRPC logs its own
+        try:
+            if busy is not None:
+                self.port = 0
+            elif credentials is None:
+                self.port = self.grpc.add_insecure_port(settings.address)
+            else:
+                self.port = self.grpc.add_secure_port(settings.address, credentials)
+        except RuntimeError:  # grpcio: "Failed to bind to address ..."
+            self.port = 0
         if self.port == 0:
-            raise ModelLoadError(f"--port: cannot listen on {settings.address!r}")
+            why = (
+                busy
+                or bind_failure(settings.host, settings.port)
+                or OSError(errno.EADDRNOTAVAIL, "gRPC cannot bind it")
+            )
+            raise port_error("--port", settings.host, settings.port, why)
         self.metrics_port: int | None = None
         self._metrics_http: Any = None
+        if settings.metrics_port >= 0:  # bound here, before anything starts: a busy port fails fast, in one line
+            try:
+                self._metrics_http, self.metrics_port = self.metrics.serve(settings.metrics_port, settings.metrics_host)
+            except OSError as e:
+                raise port_error("--metrics-port", settings.metrics_host, settings.metrics_port, e) from None
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
@@ -154,10 +142,6 @@ class SeqpredServer:
             self.persistence.start()
         await self.grpc.start()
         self.engine.start()
-        if self.settings.metrics_port >= 0:
-            self._metrics_http, self.metrics_port = self.metrics.serve(
-                self.settings.metrics_port, self.settings.metrics_host
-            )
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         cfg = self.runtime.config
