@@ -118,7 +118,7 @@ def test_cli_client_interactive_lines(server: Any) -> None:
 
 
 def test_cli_client_without_server(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main_client(["--target", "localhost:1", "--timeout", "0.3", "x"]) == 1
+    assert main_client(["--target", "localhost:1", "--timeout", "0.3", "x"]) == 2
     assert capsys.readouterr().err.strip() == "seqpred: error: no seqpred server answers at localhost:1"
 
 
