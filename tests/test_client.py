@@ -33,7 +33,7 @@ def server() -> Iterator[Any]:
 def test_sync_client(server: Any) -> None:
     o = oracle()
     with Client(server.target, timeout=10) as c:
-        assert c.model_info()["vocab_size"] == o.V
+        assert c.model_info().vocab_size == o.V
         with c.session() as s:
             r = s.feed("def ", top_k=3, score=True)
             assert r.position == 4 and [p.id for p in r.predictions] == o.top_k(o.encode("def "), 3)
@@ -66,7 +66,7 @@ def test_async_client(server: Any) -> None:
 
     async def main() -> None:
         async with AsyncClient(server.target, timeout=10) as c:
-            assert (await c.model_info())["cell"] == "lstm"
+            assert (await c.model_info()).cell == "lstm"
             async with c.session(end_on_exit=True) as s:
                 r = await s.feed("for i", top_k=2)
                 assert [p.id for p in r.predictions] == o.top_k(o.encode("for i"), 2)
