@@ -28,7 +28,9 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from service._proto.seqpred.v1 import seqpred_pb2 as pb
+from service.api.observe import Observer, text_counter
 from service.api.servicer import SeqPredServicer, add_to_server
+from service.api.tracing import Tracing
 from service.durability.hooks import Persistence
 from service.durability.local import DurabilityMetrics, LocalLog
 from service.engine.batcher import Batcher
@@ -63,13 +65,15 @@ def load_runtime(settings: Settings) -> Runtime:
 class SeqpredServer:
     """One serving process's parts. Build it with :func:`create_server`, then ``await start()``."""
 
-    def __init__(self, settings: Settings, runtime: Runtime | None = None) -> None:
+    def __init__(self, settings: Settings, runtime: Runtime | None = None, tracing: Tracing | None = None) -> None:
+        """``tracing``: spans to any exporter (tests); by default from ``--otel-endpoint``, or none."""
         self.settings = settings
         self.runtime = runtime if runtime is not None else load_runtime(settings)
         self.store = MemoryStore(
             self.runtime.new_state_memory(settings.max_sessions), settings.idle_timeout, settings.max_lifetime
         )
-        self.metrics = Metrics(lambda: float(len(self.store)))
+        model_name = self.runtime.bundle.path.name
+        self.metrics = Metrics(lambda: float(len(self.store)), model_name)
         executor = (
             ThreadPoolExecutor(settings.batch_threads, thread_name_prefix="seqpred-batch")
             if settings.batch_threads
@@ -89,7 +93,16 @@ class SeqpredServer:
         self.engine = Engine(settings, self.runtime, self.store, self.batcher, self.metrics, self.persistence)
         self.health = HealthServicer()
         credentials = server_credentials(settings)
-        interceptors = []
+        if tracing is None and settings.otel_endpoint:
+            tracing = Tracing.to_endpoint(settings.otel_endpoint, model_name)
+        self.tracing = tracing
+        observer = Observer(
+            self.metrics.rpc,
+            access_log=settings.access_log,
+            tracing=tracing,
+            count_text=text_counter(self.engine.tokenizer.encode),
+        )
+        interceptors: list[grpc.aio.ServerInterceptor] = [observer]  # first: it also sees what auth refuses
         if settings.auth_tokens:
             tokens = load_tokens(settings.auth_tokens)
             interceptors.append(AuthInterceptor(tokens, self.engine.count_error))
@@ -97,7 +110,7 @@ class SeqpredServer:
                 log.warning("bearer tokens over plaintext: anyone on the path can read them; set --tls-cert/--tls-key")
         self.grpc = grpc.aio.server(
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
-            interceptors=interceptors or None,
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", max(MAX_MESSAGE_BYTES, settings.max_message_bytes)),
@@ -182,6 +195,8 @@ class SeqpredServer:
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # exports what is pending
         self._stopped.set()
         log.info("stopped", extra={"fields": {"seconds": round(time.monotonic() - t0, 3)}})
 
@@ -207,9 +222,11 @@ def make_persistence(settings: Settings, metrics: Metrics, runtime: Runtime, sto
     )
 
 
-def create_server(settings: Settings, runtime: Runtime | None = None) -> tuple[SeqpredServer, int]:
+def create_server(
+    settings: Settings, runtime: Runtime | None = None, tracing: Tracing | None = None
+) -> tuple[SeqpredServer, int]:
     """Build and bind a server (call it inside the event loop that will run it); ``await server.start()``."""
-    server = SeqpredServer(settings, runtime)
+    server = SeqpredServer(settings, runtime, tracing)
     return server, server.port
 
 
@@ -235,9 +252,10 @@ class ServerThread:
     ``with ServerThread(settings) as st: ... st.port ...``
     """
 
-    def __init__(self, settings: Settings, runtime: Runtime | None = None) -> None:
+    def __init__(self, settings: Settings, runtime: Runtime | None = None, tracing: Tracing | None = None) -> None:
         self.settings = settings
         self._runtime = runtime
+        self._tracing = tracing
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self.server: SeqpredServer | None = None
@@ -259,7 +277,7 @@ class ServerThread:
             try:
                 self.loop = asyncio.get_running_loop()
                 self._stop = asyncio.Event()
-                self.server, _ = create_server(self.settings, self._runtime)
+                self.server, _ = create_server(self.settings, self._runtime, self._tracing)
                 await self.server.start()
             except BaseException as e:
                 self._error = e

@@ -423,7 +423,9 @@ def test_image_installs_every_runtime_dependency() -> None:
             args = [a.strip("\"'") for a in m.group(1).split()]
             declared |= {_dist(a) for a in args if a and not a.startswith(("-", ".", "$"))}
     providers = importlib.metadata.packages_distributions()
-    optional = {"matplotlib"}  # the plot extra: model/train/plots.py skips the figure without it
+    # the plot extra: model/train/plots.py skips the figure without it; the otel extra: --otel-endpoint says to
+    # install it (service/api/tracing.py imports it only then)
+    optional = {"matplotlib", "opentelemetry"}
     for mod in sorted(_third_party_imports() - optional):
         dists = {_dist(d) for d in providers.get(mod, [mod])}
         assert dists & declared, f"module {mod!r} (from {sorted(dists)}) is not installed in the image"

@@ -19,13 +19,16 @@ __all__ = ["ModelInfo", "Prediction", "RequestError", "Result", "SequenceScore",
 
 
 class RequestError(Exception):
-    """The server refused a request: ``code`` (a ``grpc.StatusCode``) and ``message``."""
+    """The server refused a request: ``code`` (a ``grpc.StatusCode``) and ``message``. ``request_id``: the server's
+    id of a failed RPC (its ``x-request-id``; the server's logs and traces name it), ``""`` for an in-band error of
+    a stream; ``str(error)`` shows it."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, session_id: str = "") -> None:
-        super().__init__(f"{code.name}: {message}")
+    def __init__(self, code: grpc.StatusCode, message: str, session_id: str = "", request_id: str = "") -> None:
+        super().__init__(f"{code.name}: {message}" + (f" [request id {request_id}]" if request_id else ""))
         self.code = code
         self.message = message
         self.session_id = session_id
+        self.request_id = request_id
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,14 @@ def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
 
 
 def rpc_error(e: grpc.RpcError) -> RequestError:
-    return RequestError(e.code(), e.details() or "")
+    """A failed RPC as a RequestError; the server's ``" [request id ID]"`` message suffix becomes ``request_id``."""
+    message: str = e.details() or ""
+    trailing = e.trailing_metadata() if hasattr(e, "trailing_metadata") else None
+    rid = next((v for k, v in trailing or () if k == "x-request-id" and isinstance(v, str)), "")
+    suffix = f" [request id {rid}]"
+    if rid and message.endswith(suffix):
+        message = message[: -len(suffix)]
+    return RequestError(e.code(), message, request_id=rid)
 
 
 def _seconds(m: Any, name: str) -> float | None:
