@@ -123,23 +123,7 @@ class SeqpredServer:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.grpc,
         )
-        busy = bind_failure(settings.host, settings.port) if settings.port else None  # before gRPC logs its own
-        try:
-            if busy is not None:
-                self.port = 0
-            elif credentials is None:
-                self.port = self.grpc.add_insecure_port(settings.address)
-            else:
-                self.port = self.grpc.add_secure_port(settings.address, credentials)
-        except RuntimeError:  # grpcio: "Failed to bind to address ..."
-            self.port = 0
-        if self.port == 0:
-            why = (
-                busy
-                or bind_failure(settings.host, settings.port)
-                or OSError(errno.EADDRNOTAVAIL, "gRPC cannot bind it")
-            )
-            raise port_error("--port", settings.host, settings.port, why)
+        self.port = self._bind(credentials)
         self.metrics_port: int | None = None
         self._metrics_http: Any = None
         if settings.metrics_port >= 0:  # bound here, before anything starts: a busy port fails fast, in one line
@@ -148,6 +132,22 @@ class SeqpredServer:
             except OSError as e:
                 raise port_error("--metrics-port", settings.metrics_host, settings.metrics_port, e) from None
         self._stopped = asyncio.Event()
+
+    def _bind(self, credentials: grpc.ServerCredentials | None) -> int:
+        """Bind the gRPC port; a port that cannot be bound is one SettingsError naming ``--port`` and why."""
+        host, port, address = self.settings.host, self.settings.port, self.settings.address
+        busy = bind_failure(host, port) if port else None  # asked first: gRPC would log its own error lines
+        bound = 0
+        if busy is None:
+            with contextlib.suppress(RuntimeError):  # grpcio: "Failed to bind to address ..."
+                if credentials is None:
+                    bound = self.grpc.add_insecure_port(address)
+                else:
+                    bound = self.grpc.add_secure_port(address, credentials)
+        if not bound:
+            why = busy or bind_failure(host, port) or OSError(errno.EADDRNOTAVAIL, "gRPC cannot bind it")
+            raise port_error("--port", host, port, why)
+        return int(bound)
 
     async def start(self) -> None:
         if self.persistence is not None:  # before the first request can arrive

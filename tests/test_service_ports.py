@@ -3,6 +3,7 @@ and the ports actually bound (also when 0 was asked) are in the start-up log lin
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -17,9 +18,11 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from service_helpers import tiny_model
+from service_helpers import settings, tiny_model
 
+from service.errors import SettingsError
 from service.ports import bind_failure
+from service.server import SeqpredServer
 
 SEQPRED = [sys.executable, "-c", "import sys; from model.cli import main; sys.exit(main())"]
 
@@ -68,9 +71,17 @@ def test_busy_metrics_port_is_one_line_and_exit_2(busy_port: int) -> None:
 
 
 def test_an_address_that_is_not_here_names_host_and_port() -> None:
-    err = bind_failure("192.0.2.1", 5555)  # TEST-NET-1: never a local address
-    assert err is not None and err.errno is not None
     assert bind_failure("localhost", 0) is None
+
+    async def build() -> None:
+        SeqpredServer(settings(host="192.0.2.1", port=5555))  # TEST-NET-1: never an address of this machine
+
+    with pytest.raises(SettingsError) as e:
+        asyncio.run(build())
+    assert (
+        str(e.value)
+        == "--port: cannot listen on 192.0.2.1:5555: Cannot assign requested address; check --host and --port"
+    )
 
 
 def _started(proc: subprocess.Popen[str]) -> list[str]:
