@@ -74,11 +74,14 @@ class RpcStats:
         self.model = model
         self.by_key: dict[tuple[str, str], FastHistogram] = {}
 
-    def observe(self, method: str, code: str, seconds: float) -> None:
+    def histogram(self, method: str, code: str) -> FastHistogram:
         h = self.by_key.get((method, code))
         if h is None:
             h = self.by_key[(method, code)] = FastHistogram(RPC_BUCKETS)
-        h.observe(seconds)
+        return h
+
+    def observe(self, method: str, code: str, seconds: float) -> None:
+        self.histogram(method, code).observe(seconds)
 
     def families(self) -> Iterator[Metric]:
         labels = ["model", "method", "code"]

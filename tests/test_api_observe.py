@@ -74,7 +74,14 @@ class Stream:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Any]:
-    with running_server(metrics_port=0, access_log=True, max_message_bytes=4096) as st:
+    with running_server(metrics_port=0, max_message_bytes=4096) as st:
+        yield st
+
+
+@pytest.fixture(scope="module")
+def logged() -> Iterator[Any]:
+    """With the access log, so that every request takes the interceptor's full path."""
+    with running_server(metrics_port=0, access_log=True) as st:
         yield st
 
 
@@ -125,8 +132,14 @@ def test_the_client_library_reports_the_request_id(server: Any) -> None:
     assert str(e.value).endswith(f" [request id {e.value.request_id}]")
 
 
-def test_metrics_by_model_method_and_code(server: Any, stub: pb_grpc.SeqPredStub) -> None:
-    port = server.server.metrics_port
+@pytest.mark.parametrize("which", ["server", "logged"])
+def test_metrics_by_model_method_and_code(which: str, request: pytest.FixtureRequest) -> None:
+    st = request.getfixturevalue(which)
+    with grpc.insecure_channel(st.target) as ch:
+        check_metrics(st.server.metrics_port, pb_grpc.SeqPredStub(ch))
+
+
+def check_metrics(port: int, stub: pb_grpc.SeqPredStub) -> None:
     before = scrape(port)
     for _ in range(3):
         stub.Predict(pb.StreamRequest(text="ab"))
@@ -189,8 +202,13 @@ def access_records(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
     return [r.fields for r in caplog.records if r.name == "seqpred.access"]  # type: ignore[attr-defined]
 
 
-def test_access_log_line_per_request(stub: pb_grpc.SeqPredStub, caplog: pytest.LogCaptureFixture) -> None:
+def test_access_log_line_per_request(logged: Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="seqpred.access")
+    with grpc.insecure_channel(logged.target) as ch:
+        check_access_log(pb_grpc.SeqPredStub(ch), caplog)
+
+
+def check_access_log(stub: pb_grpc.SeqPredStub, caplog: pytest.LogCaptureFixture) -> None:
     r = stub.Predict(pb.StreamRequest(text="def ", generate=pb.GenerateParams(max_tokens=2)), metadata=RID)
     with pytest.raises(grpc.RpcError):
         stub.Predict(pb.StreamRequest(session_id=r.session_id, tokens=[10_000]), metadata=RID)
