@@ -132,7 +132,7 @@ def main_client(argv: Sequence[str] | None = None, stdin: TextIO | None = None, 
             return _one_shot(client, args, args.text if args.raw else unescape(args.text), out)
         return _interactive(client, args, stdin or sys.stdin, out)
     except RequestError as e:
-        return report_error(f"{e.code.name}: {e.message}")
+        return report_error(e)  # "CODE: message", and " [request id ID]" for a failed RPC
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     finally:

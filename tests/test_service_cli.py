@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -64,3 +65,16 @@ def test_interactive_lines_show_escapes_once(server: Any) -> None:
 def test_no_server_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main_client(["--target", "localhost:1", "--timeout", "0.3", "x"]) == 2
     assert capsys.readouterr().err.strip() == "seqpred: error: no seqpred server answers at localhost:1"
+
+
+def test_a_failed_rpc_names_its_request_id(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice:" + "a" * 20 + "\n")
+    with running_server(auth_tokens=str(tokens)) as st:
+        assert main_client(["--target", st.target, "def"], stdout=io.StringIO()) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(
+        r"seqpred: error: UNAUTHENTICATED: authorization: no bearer token; send the metadata "
+        r"'authorization: Bearer TOKEN' \[request id [0-9a-f]{16}\]",
+        err,
+    ), err
