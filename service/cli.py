@@ -1,8 +1,7 @@
 """Command-line entry points: ``seqpred serve`` (:func:`main_serve`) and ``seqpred client`` (:func:`main_client`).
 
-Both take ``argv`` without the sub-command name and return an exit code: 0, 2 for a user error (one line
-``seqpred: error: ...`` on stderr, like the rest of the ``seqpred`` CLI), 1 when the server cannot be reached,
-130 when interrupted.
+Both take ``argv`` without the sub-command name and return an exit code: 0, 2 for a user error or when no server
+answers (one line ``seqpred: error: ...`` on stderr, like the rest of the ``seqpred`` CLI), 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -18,8 +17,7 @@ from typing import Any, TextIO
 
 from model.errors import EXIT_INTERRUPTED, SeqpredError, report_error
 from service import settings as settings_mod
-
-EXIT_UNAVAILABLE = 1
+from service.client.escapes import shown, unescape
 
 
 def serve_parser(prog: str = "seqpred serve") -> argparse.ArgumentParser:
@@ -37,9 +35,10 @@ def main_serve(argv: Sequence[str] | None = None) -> int:
     args = serve_parser().parse_args(argv)
     try:
         settings = settings_mod.from_namespace(args)
-        from service.server import configure_logging, load_runtime, serve
+        from service.logs import configure_logging
+        from service.server import load_runtime, serve
 
-        configure_logging(settings.log_level, settings.log_format)
+        configure_logging(settings.log_level, settings.log_format, settings.access_log)
         runtime = load_runtime(settings)  # before the loop starts: a bad --model fails fast, in one line
         asyncio.run(serve(settings, runtime))
     except SeqpredError as e:
@@ -56,7 +55,15 @@ def client_parser(prog: str = "seqpred client") -> argparse.ArgumentParser:
         "predictions. Without TEXT: an interactive mode that shows predictions and a completion as you type "
         "(per keystroke on a terminal, per line otherwise).",
     )
-    p.add_argument("text", nargs="?", default=None, metavar="TEXT", help="text to feed")
+    p.add_argument(
+        "text",
+        nargs="?",
+        default=None,
+        metavar="TEXT",
+        help="text to feed; backslash escapes are read as printf reads them (\\n newline, \\t tab, \\\\ "
+        "backslash, \\xHH, \\uHHHH, ...) unless --raw",
+    )
+    p.add_argument("--raw", action="store_true", help="send TEXT as it is, without reading backslash escapes")
     p.add_argument(
         "--target",
         default=os.environ.get("SEQPRED_TARGET", "localhost:50051"),
@@ -100,10 +107,6 @@ def _security(args: argparse.Namespace) -> tuple[Any, str | None]:
     return creds, token
 
 
-def _shown(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)[1:-1]
-
-
 def main_client(argv: Sequence[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     """``seqpred client --target HOST:PORT [--json] [TEXT]``."""
     import grpc
@@ -124,30 +127,29 @@ def main_client(argv: Sequence[str] | None = None, stdin: TextIO | None = None, 
         try:
             client.wait_ready(args.timeout)
         except grpc.FutureTimeoutError:
-            report_error(f"no seqpred server answers at {args.target}")
-            return EXIT_UNAVAILABLE
+            return report_error(f"no seqpred server answers at {args.target}")
         if args.text is not None:
-            return _one_shot(client, args, out)
+            return _one_shot(client, args, args.text if args.raw else unescape(args.text), out)
         return _interactive(client, args, stdin or sys.stdin, out)
     except RequestError as e:
-        return report_error(f"{e.code.name}: {e.message}")
+        return report_error(e)  # "CODE: message", and " [request id ID]" for a failed RPC
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     finally:
         client.close()
 
 
-def _one_shot(client: Any, args: argparse.Namespace, out: TextIO) -> int:
+def _one_shot(client: Any, args: argparse.Namespace, text: str, out: TextIO) -> int:
     kw: dict[str, Any] = {"top_k": args.top_k, "end": True}
     if args.generate:
         kw.update(generate=args.generate, temperature=args.temperature, seed=args.seed)
     with client.session() as s:
-        res = s.request(_req(args.text, **kw))
+        res = s.request(_req(text, **kw))
     if args.json:
         obj: dict[str, Any] = {
             "session_id": res.session_id,
             "position": res.position,
-            "text": args.text,
+            "text": text,
             "predictions": [
                 {"id": p.id, "text": p.text, "prob": p.prob, "logprob": p.logprob} for p in res.predictions
             ],
@@ -158,10 +160,10 @@ def _one_shot(client: Any, args: argparse.Namespace, out: TextIO) -> int:
         print(json.dumps(obj, ensure_ascii=False), file=out)
         return 0
     if args.generate:
-        print(f"completion: {_shown(''.join(p.text for p in res.generated))}", file=out)
+        print(f"completion: {shown(''.join(p.text for p in res.generated))}", file=out)
     print(f"after {res.position} tokens, the next token is likely:", file=out)
     for p in res.predictions:
-        print(f"  {p.prob:7.2%}  {_shown(p.text)!r}  (id {p.id})", file=out)
+        print(f"  {p.prob:7.2%}  '{shown(p.text)}'  (id {p.id})", file=out)
     return 0
 
 
@@ -172,8 +174,8 @@ def _req(text: str, **kw: Any) -> Any:
 
 
 def _line(preds: Sequence[Any], completion: str) -> str:
-    shown = "  ".join(f"{_shown(p.text)!r} {p.prob:.0%}" for p in preds)
-    return f"next: {shown}" + (f"   completion: {_shown(completion)}" if completion else "")
+    listed = "  ".join(f"'{shown(p.text)}' {p.prob:.0%}" for p in preds)
+    return f"next: {listed}" + (f"   completion: {shown(completion)}" if completion else "")
 
 
 def _completion(client: Any, context: str, args: argparse.Namespace) -> str:
@@ -244,9 +246,8 @@ def _interactive_tty(client: Any, args: argparse.Namespace, stdin: TextIO, out: 
                     except RequestError as e:
                         res, error = None, e.message
                 comp = "" if error else _completion(client, text, args)
-                shown = _shown(text[-40:])
                 status = error or (_line(res.predictions, comp) if res is not None else "")
-                out.write(f"\r\x1b[2K{shown}\x1b[7m|\x1b[0m  {status}"[:400])
+                out.write(f"\r\x1b[2K{shown(text[-40:])}\x1b[7m|\x1b[0m  {status}"[:400])
                 out.flush()
         finally:
             termios.tcsetattr(fd, termios.TCSADRAIN, saved)

@@ -3,6 +3,7 @@
 Per-batch and per-job figures (batch sizes, latencies, tokens) are counted in plain Python numbers on the event
 loop and turned into Prometheus families only when scraped: ``prometheus_client``'s locked ``observe`` would cost
 more than the rest of a token's bookkeeping. Rare events (sessions created, evicted, refused) use its counters.
+The per-request figures of the RPC interceptor (:class:`RpcStats`) are kept the plain way too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 LATENCY_BUCKETS = (50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 20e-3, 50e-3, 0.1, 0.25, 0.5, 1.0, 2.5)
+#: Requests: a large Score or a long generation takes seconds.
+RPC_BUCKETS = (*LATENCY_BUCKETS, 5.0, 10.0, 30.0, 60.0)
 
 
 class FastHistogram:
@@ -60,11 +63,50 @@ class _LaneHistograms:
         return fam
 
 
+class RpcStats:
+    """Latency of every request answered, by method and status code, for one model (event loop only, no locks).
+
+    Exported as ``seqpred_rpc_duration_seconds{model,method,code}`` and, from the same counts,
+    ``seqpred_rpc_requests_total{model,method,code}``.
+    """
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.by_key: dict[tuple[str, str], FastHistogram] = {}
+
+    def histogram(self, method: str, code: str) -> FastHistogram:
+        h = self.by_key.get((method, code))
+        if h is None:
+            h = self.by_key[(method, code)] = FastHistogram(RPC_BUCKETS)
+        return h
+
+    def observe(self, method: str, code: str, seconds: float) -> None:
+        self.histogram(method, code).observe(seconds)
+
+    def families(self) -> Iterator[Metric]:
+        labels = ["model", "method", "code"]
+        hist = HistogramMetricFamily(
+            "seqpred_rpc_duration_seconds",
+            "time to answer one request (a unary RPC, or one request of a Stream), by model, method and status code",
+            labels=labels,
+        )
+        count = CounterMetricFamily(
+            "seqpred_rpc_requests", "requests answered, by model, method and status code", labels=labels
+        )
+        for (method, code), h in sorted(self.by_key.items()):
+            buckets = h.buckets()
+            hist.add_metric([self.model, method, code], buckets, sum_value=h.sum)
+            count.add_metric([self.model, method, code], buckets[-1][1])
+        yield hist
+        yield count
+
+
 class Metrics:
     """Every metric the server exports; the list is in docs/service.md."""
 
-    def __init__(self, active_sessions: Callable[[], float]) -> None:
+    def __init__(self, active_sessions: Callable[[], float], model: str = "default") -> None:
         r = self.registry = CollectorRegistry()
+        self.rpc = RpcStats(model)
         self.active = Gauge("seqpred_sessions_active", "live sessions", registry=r)
         self.active.set_function(active_sessions)
         self.created = Counter("seqpred_sessions_created_total", "sessions created", registry=r)
@@ -129,3 +171,4 @@ class _Collector:
         yield m.batch_seconds.family()
         yield m.step_latency.family()
         yield CounterMetricFamily("seqpred_tokens", "tokens consumed by sessions and Score", value=m.tokens)
+        yield from m.rpc.families()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import errno
 import logging
 import signal
 import sys
@@ -28,13 +28,16 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from service._proto.seqpred.v1 import seqpred_pb2 as pb
+from service.api.observe import Observer, text_counter
 from service.api.servicer import SeqPredServicer, add_to_server
+from service.api.tracing import Tracing
 from service.durability.hooks import Persistence
 from service.durability.local import DurabilityMetrics, LocalLog
 from service.engine.batcher import Batcher
 from service.engine.core import Engine
 from service.errors import ModelLoadError
 from service.metrics import Metrics
+from service.ports import bind_failure, port_error
 from service.runtime.bundle import load_bundle
 from service.runtime.onnx_runtime import Runtime
 from service.security.auth import AuthInterceptor, load_tokens
@@ -50,35 +53,6 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SeqPred"].full_name
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg, and any ``extra={"fields": {...}}``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": round(record.created, 6),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            out.update(fields)
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
-
-
-def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
-    root = logging.getLogger("seqpred")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-
-
 def load_runtime(settings: Settings) -> Runtime:
     """The model named by ``settings.model``, with a clear error when the default model is not installed."""
     if settings.model == DEFAULT_MODEL_DIR and not (DEFAULT_MODEL_DIR / "model.json").is_file():
@@ -92,13 +66,15 @@ def load_runtime(settings: Settings) -> Runtime:
 class SeqpredServer:
     """One serving process's parts. Build it with :func:`create_server`, then ``await start()``."""
 
-    def __init__(self, settings: Settings, runtime: Runtime | None = None) -> None:
+    def __init__(self, settings: Settings, runtime: Runtime | None = None, tracing: Tracing | None = None) -> None:
+        """``tracing``: spans to any exporter (tests); by default from ``--otel-endpoint``, or none."""
         self.settings = settings
         self.runtime = runtime if runtime is not None else load_runtime(settings)
         self.store = MemoryStore(
             self.runtime.new_state_memory(settings.max_sessions), settings.idle_timeout, settings.max_lifetime
         )
-        self.metrics = Metrics(lambda: float(len(self.store)))
+        model_name = self.runtime.bundle.path.name
+        self.metrics = Metrics(lambda: float(len(self.store)), model_name)
         # batches too long for the event loop run here (onnxruntime releases the GIL), so health checks and other
         # clients are answered meanwhile; cheap ones still run on the loop (service.engine.batcher)
         executor = ThreadPoolExecutor(settings.batch_threads, thread_name_prefix="seqpred-batch")
@@ -116,7 +92,16 @@ class SeqpredServer:
         self.engine = Engine(settings, self.runtime, self.store, self.batcher, self.metrics, self.persistence)
         self.health = HealthServicer()
         credentials = server_credentials(settings)
-        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if tracing is None and settings.otel_endpoint:
+            tracing = Tracing.to_endpoint(settings.otel_endpoint, model_name)
+        self.tracing = tracing
+        observer = Observer(
+            self.metrics.rpc,
+            access_log=settings.access_log,
+            tracing=tracing,
+            count_text=text_counter(self.engine.tokenizer.encode),
+        )
+        interceptors: list[grpc.aio.ServerInterceptor] = [observer]  # first: it also sees what auth refuses
         if settings.auth_tokens:
             tokens = load_tokens(settings.auth_tokens)
             interceptors.append(AuthInterceptor(tokens, self.engine.count_error))
@@ -145,15 +130,31 @@ class SeqpredServer:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.grpc,
         )
-        if credentials is None:
-            self.port = self.grpc.add_insecure_port(settings.address)
-        else:
-            self.port = self.grpc.add_secure_port(settings.address, credentials)
-        if self.port == 0:
-            raise ModelLoadError(f"--port: cannot listen on {settings.address!r}")
+        self.port = self._bind(credentials)
         self.metrics_port: int | None = None
         self._metrics_http: Any = None
+        if settings.metrics_port >= 0:  # bound here, before anything starts: a busy port fails fast, in one line
+            try:
+                self._metrics_http, self.metrics_port = self.metrics.serve(settings.metrics_port, settings.metrics_host)
+            except OSError as e:
+                raise port_error("--metrics-port", settings.metrics_host, settings.metrics_port, e) from None
         self._stopped = asyncio.Event()
+
+    def _bind(self, credentials: grpc.ServerCredentials | None) -> int:
+        """Bind the gRPC port; a port that cannot be bound is one SettingsError naming ``--port`` and why."""
+        host, port, address = self.settings.host, self.settings.port, self.settings.address
+        busy = bind_failure(host, port) if port else None  # asked first: gRPC would log its own error lines
+        bound = 0
+        if busy is None:
+            with contextlib.suppress(RuntimeError):  # grpcio: "Failed to bind to address ..."
+                if credentials is None:
+                    bound = self.grpc.add_insecure_port(address)
+                else:
+                    bound = self.grpc.add_secure_port(address, credentials)
+        if not bound:
+            why = busy or bind_failure(host, port) or OSError(errno.EADDRNOTAVAIL, "gRPC cannot bind it")
+            raise port_error("--port", host, port, why)
+        return int(bound)
 
     async def start(self) -> None:
         if self.persistence is not None:  # before the first request can arrive
@@ -161,10 +162,6 @@ class SeqpredServer:
             self.persistence.start()
         await self.grpc.start()
         self.engine.start()
-        if self.settings.metrics_port >= 0:
-            self._metrics_http, self.metrics_port = self.metrics.serve(
-                self.settings.metrics_port, self.settings.metrics_host
-            )
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         cfg = self.runtime.config
@@ -205,6 +202,8 @@ class SeqpredServer:
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # exports what is pending
         self._stopped.set()
         log.info("stopped", extra={"fields": {"seconds": round(time.monotonic() - t0, 3)}})
 
@@ -230,9 +229,11 @@ def make_persistence(settings: Settings, metrics: Metrics, runtime: Runtime, sto
     )
 
 
-def create_server(settings: Settings, runtime: Runtime | None = None) -> tuple[SeqpredServer, int]:
+def create_server(
+    settings: Settings, runtime: Runtime | None = None, tracing: Tracing | None = None
+) -> tuple[SeqpredServer, int]:
     """Build and bind a server (call it inside the event loop that will run it); ``await server.start()``."""
-    server = SeqpredServer(settings, runtime)
+    server = SeqpredServer(settings, runtime, tracing)
     return server, server.port
 
 
@@ -258,9 +259,10 @@ class ServerThread:
     ``with ServerThread(settings) as st: ... st.port ...``
     """
 
-    def __init__(self, settings: Settings, runtime: Runtime | None = None) -> None:
+    def __init__(self, settings: Settings, runtime: Runtime | None = None, tracing: Tracing | None = None) -> None:
         self.settings = settings
         self._runtime = runtime
+        self._tracing = tracing
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self.server: SeqpredServer | None = None
@@ -282,7 +284,7 @@ class ServerThread:
             try:
                 self.loop = asyncio.get_running_loop()
                 self._stop = asyncio.Event()
-                self.server, _ = create_server(self.settings, self._runtime)
+                self.server, _ = create_server(self.settings, self._runtime, self._tracing)
                 await self.server.start()
             except BaseException as e:
                 self._error = e

@@ -94,6 +94,12 @@ class Settings:
     grace: float = field(default=10.0, metadata=_meta("seconds in-flight RPCs get to finish on shutdown"))
     log_level: str = field(default="INFO", metadata=_meta("log level", LOG_LEVELS))
     log_format: str = field(default="json", metadata=_meta("log line format", LOG_FORMATS))
+    access_log: bool = field(
+        default=False, metadata=_meta("log one INFO line per request (logger seqpred.access; shown at any --log-level)")
+    )
+    otel_endpoint: str = field(
+        default="", metadata=_meta("send OpenTelemetry traces to this OTLP/gRPC collector (needs seqpred[otel])")
+    )
     durability: str = field(
         default="none",
         metadata=_meta(
@@ -197,18 +203,31 @@ def _converter(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
         return float
     if kind == "Path":
         return Path
+    if kind == "bool":
+        return boolean
     return str
+
+
+def boolean(raw: str) -> bool:
+    """``1/true/yes/on`` or ``0/false/no/off`` (any case); a bare boolean flag means true."""
+    value = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+    try:
+        return value[raw.strip().lower()]
+    except KeyError:
+        raise ValueError(raw) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per setting; defaults are left to :func:`from_args` so that env vars can sit in between."""
     for f in dataclasses.fields(Settings):
         choices = f.metadata.get("choices")
+        flag_only: dict[str, Any] = {"nargs": "?", "const": "true"} if _converter(f) is boolean else {}
         parser.add_argument(
             flag_name(f.name),
             dest=f.name,
             default=None,
             metavar=f.name.upper(),
+            **flag_only,
             help=f"{f.metadata.get('help', '')} (env {env_name(f.name)}; default {f.default})"
             + (f"; one of {', '.join(choices)}" if choices else ""),
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import io
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -164,3 +165,18 @@ def running_server(**kw: Any) -> Iterator[Any]:
 
     with ServerThread(settings(**kw)) as st:
         yield st
+
+
+_REQUEST_ID = re.compile(r" \[request id ([ -~]{1,128})\]$")
+
+
+def status_message(err: Any, strict: bool = True) -> str:
+    """An error status's message without the server's ``" [request id ID]"`` suffix. ``strict``: the suffix must be
+    there, naming the id the trailing metadata echoes (errors gRPC raises itself, e.g. for an oversized message,
+    have none: pass ``strict=False``)."""
+    details: str = err.details() or ""
+    m = _REQUEST_ID.search(details)
+    if strict:
+        echoed = dict(err.trailing_metadata() or ()).get("x-request-id")
+        assert m is not None and m[1] == echoed, (details, echoed)
+    return details[: m.start()] if m else details

@@ -36,7 +36,7 @@ def test_trains_exports_runs_and_serves(tmp_path: Path) -> None:
     o = Oracle(run_dir)
     with running_server(model=model_dir) as server, Client(server.target, timeout=10) as client:
         info = client.model_info()
-        assert info["cell"] == "depth-gated" and info["layers"] == 2
+        assert info.cell == "depth-gated" and info.layers == 2
         with client.session() as s:
             r = s.feed("def ", top_k=3)
             assert [p.id for p in r.predictions] == o.top_k(o.encode("def "), 3)

@@ -49,7 +49,7 @@ def test_trains_exports_and_runs_in_the_service(cell: str, tmp_path: Path) -> No
 def test_a_variant_is_served_over_grpc() -> None:
     o = oracle("noaf", 1)
     with running_server(model=tiny_model("noaf", 1)) as server, Client(server.target, timeout=10) as client:
-        assert client.model_info()["cell"] == "noaf"
+        assert client.model_info().cell == "noaf"
         with client.session() as s:
             r = s.feed("def ", top_k=3)
             assert [p.id for p in r.predictions] == o.top_k(o.encode("def "), 3)

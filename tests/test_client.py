@@ -33,7 +33,7 @@ def server() -> Iterator[Any]:
 def test_sync_client(server: Any) -> None:
     o = oracle()
     with Client(server.target, timeout=10) as c:
-        assert c.model_info()["vocab_size"] == o.V
+        assert c.model_info().vocab_size == o.V
         with c.session() as s:
             r = s.feed("def ", top_k=3, score=True)
             assert r.position == 4 and [p.id for p in r.predictions] == o.top_k(o.encode("def "), 3)
@@ -66,7 +66,7 @@ def test_async_client(server: Any) -> None:
 
     async def main() -> None:
         async with AsyncClient(server.target, timeout=10) as c:
-            assert (await c.model_info())["cell"] == "lstm"
+            assert (await c.model_info()).cell == "lstm"
             async with c.session(end_on_exit=True) as s:
                 r = await s.feed("for i", top_k=2)
                 assert [p.id for p in r.predictions] == o.top_k(o.encode("for i"), 2)
@@ -118,7 +118,7 @@ def test_cli_client_interactive_lines(server: Any) -> None:
 
 
 def test_cli_client_without_server(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main_client(["--target", "localhost:1", "--timeout", "0.3", "x"]) == 1
+    assert main_client(["--target", "localhost:1", "--timeout", "0.3", "x"]) == 2
     assert capsys.readouterr().err.strip() == "seqpred: error: no seqpred server answers at localhost:1"
 
 

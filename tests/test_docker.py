@@ -461,8 +461,9 @@ def test_image_installs_every_runtime_dependency() -> None:
             declared |= {_dist(a) for a in args if a and not a.startswith(("-", ".", "$"))}
     providers = importlib.metadata.packages_distributions()
     # the plot extra: model/train/plots.py skips the figure without it; the import extra: `seqpred import torch`
-    # answers with the pip command that installs safetensors (model/importers/torch_state.py)
-    optional = {"matplotlib", "safetensors"}
+    # answers with the pip command that installs safetensors (model/importers/torch_state.py); the otel extra:
+    # --otel-endpoint says to install it (service/api/tracing.py imports it only then)
+    optional = {"matplotlib", "safetensors", "opentelemetry"}
     for mod in sorted(_third_party_imports() - optional):
         dists = {_dist(d) for d in providers.get(mod, [mod])}
         assert dists & declared, f"module {mod!r} (from {sorted(dists)}) is not installed in the image"

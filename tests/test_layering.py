@@ -32,7 +32,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("service.durability",),
     ("service.store", "service.security", "service.scoring"),
     ("service.client", "service.runtime"),
-    ("service.settings", "service.metrics"),
+    ("service.settings", "service.metrics", "service.logs", "service.ports"),
     ("service.errors", "service._proto"),
     ("model.importers",),  # seqpred import: reads foreign models, writes through model.export
     ("model.export", "model.experiments"),

@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 import onnx
 import pytest
-from service_helpers import running_server, settings, tiny_model
+from service_helpers import running_server, settings, status_message, tiny_model
 
 from model.data.tokenizers import ByteTokenizer, WordTokenizer
 from service._proto.seqpred.v1 import seqpred_pb2 as pb
@@ -33,7 +33,7 @@ from service.server import SeqpredServer
 def _code(call: Any) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.RpcError) as e:
         call()
-    return e.value.code(), e.value.details() or ""
+    return e.value.code(), status_message(e.value, strict=False)
 
 
 def test_request_limits_everywhere() -> None:

@@ -46,7 +46,7 @@ def _refused(target: str, creds: grpc.ChannelCredentials | None) -> RequestError
 
 def test_tls_server_talks_only_tls(pki: Pki, tls_server: Any) -> None:
     with Client(tls_server.target, timeout=10, credentials=channel_credentials(pki.ca)) as c:
-        assert c.model_info()["cell"] == "lstm"
+        assert c.model_info().cell == "lstm"
         with c.session(end_on_exit=True) as s:
             r = s.feed("def ", top_k=3)
             assert r.position == 4 and len(r.predictions) == 3
@@ -75,7 +75,7 @@ def test_cli_client_over_mutual_tls(pki: Pki, mtls_server: Any, monkeypatch: pyt
     assert '"position": 5' in out.getvalue()
     # without a client certificate the handshake fails: the CLI says no server answers
     monkeypatch.delenv("SEQPRED_CERT_FILE", raising=False)
-    assert main_client(["--target", mtls_server.target, "--ca-file", str(pki.ca), "--timeout", "1", "x"]) == 1
+    assert main_client(["--target", mtls_server.target, "--ca-file", str(pki.ca), "--timeout", "1", "x"]) == 2
 
 
 def test_bad_tls_files_are_clear_errors(pki: Pki, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

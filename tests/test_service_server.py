@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from service_helpers import oracle, running_server
+from service_helpers import oracle, running_server, status_message
 
 from model.train.evaluate import sample_next
 from service._proto.seqpred.v1 import seqpred_pb2 as pb
@@ -282,7 +282,7 @@ def test_idle_eviction_and_lifetime() -> None:
             with pytest.raises(grpc.RpcError) as e:
                 stub.Predict(pb.StreamRequest(session_id=idle, text="b"))
             assert e.value.code() == grpc.StatusCode.NOT_FOUND
-            assert e.value.details() == (
+            assert status_message(e.value) == (
                 f"session_id: no live session {idle!r} (never created, closed, or evicted); "
                 "send start=true to create it"
             )
@@ -457,7 +457,7 @@ def test_errors_in_band_and_as_status(
     with pytest.raises(grpc.RpcError) as e:
         stub.Predict(pb.StreamRequest(**fields))
     assert e.value.code() == grpc.StatusCode[code]
-    assert e.value.details() == _expected(message)
+    assert status_message(e.value) == _expected(message)
 
 
 def test_score_errors(stub: pb_grpc.SeqPredStub) -> None:
@@ -480,7 +480,7 @@ def test_score_errors(stub: pb_grpc.SeqPredStub) -> None:
     for req, msg in cases:
         with pytest.raises(grpc.RpcError) as e:
             stub.Score(req)
-        assert (e.value.code(), e.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, _expected(msg))
+        assert (e.value.code(), status_message(e.value)) == (grpc.StatusCode.INVALID_ARGUMENT, _expected(msg))
 
 
 def test_close_and_get_unknown_session(stub: pb_grpc.SeqPredStub) -> None:
@@ -539,4 +539,4 @@ def test_draining_server_is_not_serving_and_ends_streams() -> None:
         with pytest.raises(grpc.RpcError) as e:
             next(s.call)
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert e.value.details() == "server: shutting down; retry on another replica or after the restart"
+        assert status_message(e.value) == "server: shutting down; retry on another replica or after the restart"

@@ -61,3 +61,14 @@ def test_shared_store_settings() -> None:
         SettingsError, match=r"--redis-url \(SEQPRED_REDIS_URL\): must be a redis:// URL, got 'cache:6379'"
     ):
         from_args(["--redis-url", "cache:6379"], env={})
+
+
+def test_boolean_flags_alone_or_with_a_value() -> None:
+    assert from_args([], env={}).access_log is False
+    assert from_args(["--access-log"], env={}).access_log is True
+    assert from_args(["--access-log", "off"], env={"SEQPRED_ACCESS_LOG": "1"}).access_log is False
+    assert from_args([], env={"SEQPRED_ACCESS_LOG": "yes"}).access_log is True
+    assert from_args(["--otel-endpoint", "http://c:4317"], env={}).otel_endpoint == "http://c:4317"
+    with pytest.raises(SettingsError) as e:
+        from_args([], env={"SEQPRED_ACCESS_LOG": "maybe"})
+    assert str(e.value) == "SEQPRED_ACCESS_LOG: expected boolean, got 'maybe'"

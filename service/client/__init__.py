@@ -2,6 +2,17 @@
 
 from service.client.aio import AsyncClient, AsyncSession
 from service.client.sync import Client, Session
-from service.client.types import Prediction, RequestError, Result, SequenceScore
+from service.client.types import ModelInfo, Prediction, RequestError, Result, SequenceScore, SessionInfo
 
-__all__ = ["AsyncClient", "AsyncSession", "Client", "Prediction", "RequestError", "Result", "SequenceScore", "Session"]
+__all__ = [
+    "AsyncClient",
+    "AsyncSession",
+    "Client",
+    "ModelInfo",
+    "Prediction",
+    "RequestError",
+    "Result",
+    "SequenceScore",
+    "Session",
+    "SessionInfo",
+]

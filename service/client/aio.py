@@ -12,20 +12,23 @@ import grpc
 from service._proto.seqpred.v1 import seqpred_pb2 as pb
 from service._proto.seqpred.v1 import seqpred_pb2_grpc as pb_grpc
 from service.client.types import (
+    ModelInfo,
     Prediction,
     RequestError,
     Result,
     SequenceScore,
+    SessionInfo,
     auth_metadata,
     check_response,
     make_request,
     merge_result,
-    model_info_dict,
     rpc_error,
+    to_model_info,
     to_prediction,
     to_result,
     to_scores,
     to_sequences,
+    to_session_info,
 )
 
 __all__ = ["AsyncClient", "AsyncSession"]
@@ -179,17 +182,19 @@ class AsyncClient:
             raise rpc_error(e) from None
         return int(resp.position)
 
-    async def get_session(self, session_id: str) -> pb.SessionInfo:
+    async def get_session(self, session_id: str) -> SessionInfo:
         try:
-            return await self.stub.GetSession(
-                pb.GetSessionRequest(session_id=session_id), timeout=self.timeout, metadata=self.metadata
+            return to_session_info(
+                await self.stub.GetSession(
+                    pb.GetSessionRequest(session_id=session_id), timeout=self.timeout, metadata=self.metadata
+                )
             )
         except grpc.RpcError as e:
             raise rpc_error(e) from None
 
-    async def model_info(self) -> dict[str, Any]:
+    async def model_info(self) -> ModelInfo:
         try:
-            return model_info_dict(
+            return to_model_info(
                 await self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout, metadata=self.metadata)
             )
         except grpc.RpcError as e:

@@ -31,20 +31,23 @@ import grpc
 from service._proto.seqpred.v1 import seqpred_pb2 as pb
 from service._proto.seqpred.v1 import seqpred_pb2_grpc as pb_grpc
 from service.client.types import (
+    ModelInfo,
     Prediction,
     RequestError,
     Result,
     SequenceScore,
+    SessionInfo,
     auth_metadata,
     check_response,
     make_request,
     merge_result,
-    model_info_dict,
     rpc_error,
+    to_model_info,
     to_prediction,
     to_result,
     to_scores,
     to_sequences,
+    to_session_info,
 )
 
 __all__ = ["Client", "Session"]
@@ -205,17 +208,21 @@ class Client:
         except grpc.RpcError as e:
             raise rpc_error(e) from None
 
-    def get_session(self, session_id: str) -> pb.SessionInfo:
+    def get_session(self, session_id: str) -> SessionInfo:
+        """A live session's position, times and time left (it does not touch the session)."""
         try:
-            return self.stub.GetSession(
-                pb.GetSessionRequest(session_id=session_id), timeout=self.timeout, metadata=self.metadata
+            return to_session_info(
+                self.stub.GetSession(
+                    pb.GetSessionRequest(session_id=session_id), timeout=self.timeout, metadata=self.metadata
+                )
             )
         except grpc.RpcError as e:
             raise rpc_error(e) from None
 
-    def model_info(self) -> dict[str, Any]:
+    def model_info(self) -> ModelInfo:
+        """The served model and the server's limits."""
         try:
-            return model_info_dict(
+            return to_model_info(
                 self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout, metadata=self.metadata)
             )
         except grpc.RpcError as e:

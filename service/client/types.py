@@ -1,28 +1,34 @@
 """What the client library returns and sends: :class:`RequestError`, :class:`Result`, :class:`Prediction`,
-:class:`SequenceScore`, :func:`make_request`, and their conversions from and to protobuf (shared by the blocking
-:mod:`service.client.sync` and the asyncio :mod:`service.client.aio`)."""
+:class:`SequenceScore`, :class:`SessionInfo`, :class:`ModelInfo`, :func:`make_request`, and their conversions from
+and to protobuf (shared by the blocking :mod:`service.client.sync` and the asyncio :mod:`service.client.aio`).
+Every result is a dataclass; no protobuf message or dict reaches the caller."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 
 from service._proto.seqpred.v1 import seqpred_pb2 as pb
 
-__all__ = ["Prediction", "RequestError", "Result", "SequenceScore", "make_request"]
+__all__ = ["ModelInfo", "Prediction", "RequestError", "Result", "SequenceScore", "SessionInfo", "make_request"]
 
 
 class RequestError(Exception):
-    """The server refused a request: ``code`` (a ``grpc.StatusCode``) and ``message``."""
+    """The server refused a request: ``code`` (a ``grpc.StatusCode``) and ``message``. ``request_id``: the server's
+    id of a failed RPC (its ``x-request-id``; the server's logs and traces name it), ``""`` for an in-band error of
+    a stream; ``str(error)`` shows it."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, session_id: str = "") -> None:
-        super().__init__(f"{code.name}: {message}")
+    def __init__(self, code: grpc.StatusCode, message: str, session_id: str = "", request_id: str = "") -> None:
+        super().__init__(f"{code.name}: {message}" + (f" [request id {request_id}]" if request_id else ""))
         self.code = code
         self.message = message
         self.session_id = session_id
+        self.request_id = request_id
 
 
 @dataclass(frozen=True)
@@ -49,10 +55,47 @@ class Result:
 
 @dataclass(frozen=True)
 class SequenceScore:
+    """The score of one sequence of a Score request: ``token_logprobs[i]`` is log p(token i+1 | tokens up to i)."""
+
     num_tokens: int
     token_logprobs: list[float]
     total_logprob: float
     predictions: list[Prediction]
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """A live session (``get_session``); times in UTC, ``time_left`` in seconds (None: never evicted)."""
+
+    session_id: str
+    position: int
+    created: datetime
+    last_active: datetime
+    time_left: float | None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The served model and the server's limits (``model_info``); timeouts in seconds (None: never)."""
+
+    cell: str
+    layers: int
+    hidden: int
+    embed: int
+    vocab_size: int
+    tokenizer: str
+    model_sha256: str
+    execution_provider: str
+    precision: str
+    state_names: tuple[str, ...]
+    state_bytes: int
+    max_sessions: int
+    max_request_tokens: int
+    max_generate_tokens: int
+    max_score_sequences: int
+    max_top_k: int
+    idle_timeout: float | None
+    max_lifetime: float | None
 
 
 def to_prediction(t: pb.Token) -> Prediction:
@@ -127,13 +170,40 @@ def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
 
 
 def rpc_error(e: grpc.RpcError) -> RequestError:
-    return RequestError(e.code(), e.details() or "")
+    """A failed RPC as a RequestError; the server's ``" [request id ID]"`` message suffix becomes ``request_id``."""
+    message: str = e.details() or ""
+    trailing = e.trailing_metadata() if hasattr(e, "trailing_metadata") else None
+    rid = next((v for k, v in trailing or () if k == "x-request-id" and isinstance(v, str)), "")
+    suffix = f" [request id {rid}]"
+    if rid and message.endswith(suffix):
+        message = message[: -len(suffix)]
+    return RequestError(e.code(), message, request_id=rid)
 
 
-def model_info_dict(m: pb.ModelInfo) -> dict[str, Any]:
-    from google.protobuf.json_format import MessageToDict
+def _seconds(m: Any, name: str) -> float | None:
+    """A Duration field in seconds, None when unset."""
+    return int(getattr(m, name).ToNanoseconds()) / 1e9 if m.HasField(name) else None
 
-    return MessageToDict(m, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+def _utc(t: Any) -> datetime:
+    when: datetime = t.ToDatetime(tzinfo=UTC)
+    return when
+
+
+def to_model_info(m: pb.ModelInfo) -> ModelInfo:
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(ModelInfo):
+        if f.name in ("idle_timeout", "max_lifetime"):
+            values[f.name] = _seconds(m, f.name)
+        elif f.name == "state_names":
+            values[f.name] = tuple(m.state_names)
+        else:
+            values[f.name] = getattr(m, f.name)
+    return ModelInfo(**values)
+
+
+def to_session_info(m: pb.SessionInfo) -> SessionInfo:
+    return SessionInfo(m.session_id, m.position, _utc(m.created), _utc(m.last_active), _seconds(m, "time_left"))
 
 
 def to_scores(resp: pb.ScoreResponse) -> list[SequenceScore]:

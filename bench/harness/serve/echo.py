@@ -6,7 +6,9 @@ position, five predictions), so the service's throughput against it isolates wha
 Python gRPC stack.
 
 The stub server (``--role stub``) is the service's own transport half: :class:`service.api.servicer.SeqPredServicer`
-with its handler wiring (:func:`service.api.servicer.add_to_server`), request conversion and reply building, over a
+with its handler wiring (:func:`service.api.servicer.add_to_server`), request conversion and reply building, and the
+observing interceptor the server puts in front of it (:class:`service.api.observe.Observer`: request ids, per-request
+histograms; no access log, no tracing, as the server by default), over a
 :class:`StubEngine` that answers every request at once with a constant reply (no sessions, no onnxruntime). It
 splits the service's cost into the gRPC layer (stub against echo) and the engine (service against stub).
 """
@@ -21,9 +23,11 @@ import numpy as np
 
 from service._proto.seqpred.v1 import seqpred_pb2 as pb
 from service._proto.seqpred.v1 import seqpred_pb2_grpc as pb_grpc
+from service.api.observe import Observer
 from service.api.servicer import SeqPredServicer, add_to_server
 from service.engine.jobs import top_k_row
 from service.engine.requests import Reply
+from service.metrics import RpcStats
 from service.runtime.bundle import load_bundle
 from service.runtime.onnx_runtime import Runtime
 
@@ -93,8 +97,9 @@ class FloorEngine(StubEngine):
 
 
 async def run_stub(model: str | None = None) -> None:
-    """The service's gRPC layer over :class:`StubEngine`, or with ``model`` over :class:`FloorEngine`."""
-    server = grpc.aio.server()
+    """The service's gRPC layer (with its interceptor) over :class:`StubEngine`, or with ``model`` the bare servicer
+    over :class:`FloorEngine`."""
+    server = grpc.aio.server(interceptors=[Observer(RpcStats("stub"))] if model is None else None)
     engine = StubEngine() if model is None else FloorEngine(model)
     add_to_server(SeqPredServicer(engine), server)  # type: ignore[arg-type]
     port = server.add_insecure_port("localhost:0")
