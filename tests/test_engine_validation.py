@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
-from service_helpers import oracle, running_server
+from service_helpers import oracle, running_server, status_message
 
 from service._proto.seqpred.v1 import seqpred_pb2 as pb
 from service._proto.seqpred.v1 import seqpred_pb2_grpc as pb_grpc
@@ -53,7 +53,7 @@ def test_skip_drops_unknown_symbols() -> None:
         _check(stub, oracle().encode(TEXT.replace("λ", "")))
         with pytest.raises(grpc.RpcError) as e:  # nothing left to score
             stub.Score(pb.ScoreRequest(sequences=[pb.Sequence(text="λλ")]))
-        assert e.value.details() == "sequences[0]: empty; set tokens or text"
+        assert status_message(e.value) == "sequences[0]: empty; set tokens or text"
 
 
 def test_error_refuses_the_request_naming_the_symbol() -> None:
@@ -61,10 +61,11 @@ def test_error_refuses_the_request_naming_the_symbol() -> None:
         with pytest.raises(grpc.RpcError) as e:
             stub.Predict(pb.StreamRequest(text=TEXT, top_k=3))
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert e.value.details() == "text: character 'λ' at offset 4 is not in the model's vocabulary"
+        assert status_message(e.value) == "text: character 'λ' at offset 4 is not in the model's vocabulary"
         with pytest.raises(grpc.RpcError) as e:
             stub.Score(pb.ScoreRequest(sequences=[pb.Sequence(text="ab"), pb.Sequence(text="λ")]))
-        assert e.value.details() == "sequences[1].text: character 'λ' at offset 0 is not in the model's vocabulary"
+        want = "sequences[1].text: character 'λ' at offset 0 is not in the model's vocabulary"
+        assert status_message(e.value) == want
 
 
 def test_the_setting_takes_four_values() -> None:

@@ -55,7 +55,7 @@ def test_a_stream_carries_the_state_of_an_imported_model(models: dict[str, Any])
     ref = source_logprobs(models["source"], ids)
     with running_server(model=str(models["text"])) as server, Client(server.target, timeout=10) as client:
         info = client.model_info()
-        assert (info["cell"], info["tokenizer"], info["vocab_size"]) == ("gru-lbr", "list", len(TOKENS))
+        assert (info.cell, info.tokenizer, info.vocab_size) == ("gru-lbr", "list", len(TOKENS))
         with client.session() as s:
             r = s.feed("ab c", top_k=3)
             assert r.position == 3
@@ -81,7 +81,7 @@ def test_a_model_without_vocabulary_serves_token_ids_and_refuses_text(models: di
     ids = [1, 2, 3]
     ref = source_logprobs(models["source"], ids)
     with running_server(model=str(models["ids"])) as server, Client(server.target, timeout=10) as client:
-        assert client.model_info()["tokenizer"] == "ids"
+        assert client.model_info().tokenizer == "ids"
         with client.session() as s:
             r = s.feed(tokens=ids, top_k=1)
             (best,) = r.predictions

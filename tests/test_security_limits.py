@@ -14,7 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from service_helpers import running_server
+from service_helpers import running_server, status_message
 
 from service._proto.seqpred.v1 import seqpred_pb2 as pb
 from service._proto.seqpred.v1 import seqpred_pb2_grpc as pb_grpc
@@ -136,7 +136,7 @@ def test_authenticated_calls_have_their_own_limit_and_refused_calls_do_not_count
             with pytest.raises(grpc.RpcError) as e:
                 stub.Predict(pb.StreamRequest(text="a"), metadata=AUTH, timeout=10)
             assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert e.value.details() == "server: 2 RPCs open, the limit of --max-concurrent-rpcs (2); retry later"
+            assert status_message(e.value) == "server: 2 RPCs open, the limit of --max-concurrent-rpcs (2); retry later"
         finally:
             gate.append(True)
         for call in held:
