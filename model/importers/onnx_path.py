@@ -12,7 +12,8 @@ from model.importers.spec import RECURRENT_OPS
 LAYOUT_OPS = ("Identity", "Dropout", "Cast", "Transpose", "Squeeze", "Unsqueeze", "Reshape")
 AFFINE_OPS = ("MatMul", "Add", "Gemm")
 CHAIN_OPS = frozenset({"Gather", *AFFINE_OPS, *RECURRENT_OPS, *LAYOUT_OPS, "LogSoftmax", "Softmax"})
-#: Ops allowed off the path: the state plumbing (see the module docstring).
+#: Ops allowed off the path: the state plumbing (see :mod:`model.importers.onnx_chain`), and any op whose output is
+#: a constant (weights an exporter did not fold).
 GLUE_OPS = frozenset(
     {"Constant", "Shape", "Size", "Gather", "Slice", "Split", "Squeeze", "Unsqueeze", "Reshape", "Identity"}
     | {"Concat", "Expand", "ConstantOfShape", "Cast", "Transpose", "Tile"}
@@ -33,6 +34,7 @@ def served_output(g: Graph) -> str:
 
 
 def _ancestors(g: Graph, name: str) -> list[onnx.NodeProto]:
+    """Every node tensor ``name`` depends on."""
     seen: set[str] = set()
     out, todo = [], [name]
     while todo:
@@ -47,6 +49,8 @@ def _ancestors(g: Graph, name: str) -> list[onnx.NodeProto]:
 
 
 def reads_y(g: Graph, name: str) -> bool:
+    """True when tensor ``name`` is computed from a recurrent node's ``Y`` (a final state ``Y_h``/``Y_c`` does not
+    count, nor what that node read)."""
     seen, todo = set(), [name]
     while todo:
         t = todo.pop()
