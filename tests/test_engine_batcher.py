@@ -210,8 +210,8 @@ def test_cheap_batches_run_on_the_loop_and_long_ones_in_the_executor(runtime: Ru
         assert b.rates[STEP] is not None
         b.rates[STEP] = 1e-6  # (set, not measured, so that a busy machine cannot change the outcome)
         await b.submit(Job(STEP, slot, 2))  # predicted 1 us: on the loop
-        b.rates[STEP] = 0.05
-        await b.submit(Job(STEP, slot, 3))  # predicted 50 ms: in the executor
+        b.rates[STEP] = 1.0
+        await b.submit(Job(STEP, slot, 3))  # predicted 1 s: in the executor
         await b.submit(Job(SCORE, -1, long_seqs))
         assert b.rates[SCORE] is not None and not b.inline(SCORE, 16 * 4000)  # measured, and too long
 

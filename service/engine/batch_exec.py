@@ -17,7 +17,7 @@ from service.runtime.onnx_runtime import Runtime
 from service.store.sessions import SessionStore
 
 #: A batch predicted to take at most this long runs on the event loop; longer ones run in the executor.
-INLINE_SECONDS = 0.01
+INLINE_SECONDS = 0.05
 #: Weight of the newest batch in the seconds-per-token estimate of its kind.
 RATE_WEIGHT = 0.25
 

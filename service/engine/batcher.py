@@ -18,12 +18,12 @@ longer than ``max_wait`` after its oldest job arrived. When at most one RPC is o
 servicer) nothing could join a batch, and the job runs at once.
 
 Where a batch runs: on the event loop when it is predicted to take at most
-:data:`~service.engine.batch_exec.INLINE_SECONDS` of CPU (10 ms: a hand-off to a thread and back costs about
-0.05 ms, more than a one-token step of a small model, while 10 ms hold up nobody noticeably), otherwise in the
-executor, so the loop keeps answering other RPCs (health included) while onnxruntime computes (it releases the
-GIL). The prediction is the batch's padded tokens times the seconds
-per token measured on recent batches of the same kind; a kind not measured yet runs in the executor. Without an
-executor everything runs on the loop (tests).
+:data:`~service.engine.batch_exec.INLINE_SECONDS` of CPU (50 ms: a hand-off to a thread and back costs about
+0.05 ms, more than a one-token step of a small model, and batches of concurrent prompts ran ~15 % slower in a
+thread on two cores; 50 ms hold up nobody noticeably), otherwise in the executor, so the loop keeps answering
+other RPCs (health included) while onnxruntime computes (it releases the GIL). The prediction is the batch's
+padded tokens times the CPU seconds per token measured on recent batches of the same kind; a kind not measured
+yet runs in the executor. Without an executor everything runs on the loop (tests).
 
 Scoring requests (SCORE) run in chunks (:func:`~service.engine.jobs.score_chunks`: at most ``max_batch``
 sequences and :data:`~service.engine.jobs.MAX_BATCH_TOKENS` padded tokens each), one chunk per batch of the
