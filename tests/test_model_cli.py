@@ -254,20 +254,20 @@ def test_final_evaluation_is_a_bounded_sample_with_its_standard_error(
     capsys.readouterr()
     assert _train(corpus, out, "--steps", "4", "--eval-tokens", "600") == 0
     final = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
-    # 600 tokens make 2 streams (each at least one 256-token window) of 300, each but its first token scored
-    assert final["step"] == 4 and final["val_tokens"] == final["val_sample_tokens"] == 2 * (300 - 1)
+    # 600 tokens make 4 streams (each at least one 128-token window) of 150, each but its first token scored
+    assert final["step"] == 4 and final["val_tokens"] == final["val_sample_tokens"] == 4 * (150 - 1)
     assert final["val_stderr"] > 0
     stdout = capsys.readouterr().out
     val = f"{final['val_nats_per_token']:.4f} ± {final['val_stderr']:.4f} nats/token"
-    assert f"{val} (598 of 1,938 validation tokens)" in stdout
+    assert f"{val} (596 of 1,938 validation tokens)" in stdout
     assert main(["eval", str(out), "--max-tokens", "600", "--json", "--no-progress"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["tokens"] == 598 and res["nats_per_token"] == pytest.approx(final["val_nats_per_token"], abs=1e-6)
+    assert res["tokens"] == 596 and res["nats_per_token"] == pytest.approx(final["val_nats_per_token"], abs=1e-6)
     assert res["stderr"] == pytest.approx(final["val_stderr"], abs=1e-6)
     assert main(["eval", str(out), "--max-tokens", "all", "--json"]) == 0
     cap = capsys.readouterr()
     whole = json.loads(cap.out)
-    assert whole["tokens"] == 4 * (1938 // 4 - 1)  # the run's 4 streams, each but its first token
+    assert whole["streams"] == 1938 // 129 and whole["tokens"] == 15 * (1938 // 15 - 1)  # each but its first token
     assert "validation" in cap.err and f"{whole['tokens'] / 1000:.2f}k" in cap.err  # the progress bar, completed
     with pytest.raises(SystemExit) as e:
         main(["eval", str(out), "--max-tokens", "1"])
@@ -281,4 +281,4 @@ def test_training_progress_ends_with_the_final_evaluation_bar(
     args = ["train", "--corpus", str(corpus), "--hidden", "16", "--embed", "8", "--batch", "4", "--seq-len", "16"]
     assert main([*args, "--steps", "5", "--eval-tokens", "600", "--out", str(out)]) == 0
     err = capsys.readouterr().err
-    assert "5/5" in err and "validation (step 5)" in err and "598/598" in err
+    assert "5/5" in err and "validation (step 5)" in err and "596/596" in err

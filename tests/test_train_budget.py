@@ -41,7 +41,7 @@ def test_minutes_bound_the_whole_command_even_with_the_whole_validation_split(tm
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(" ".join(r.choice(words) for _ in range(1_300_000)))  # ~8 M characters, 0.8 M validation
     out = tmp_path / "run"
-    minutes = 0.15
+    minutes = 0.1
     cmd = [sys.executable, "-m", "model.cli", "train", "--corpus", str(corpus), "--hidden", "256", "--layers", "2"]
     cmd += ["--embed", "32", "--batch", "16", "--seq-len", "32", "--threads", "1", "--minutes", str(minutes)]
     cmd += ["--eval-every", "50"]

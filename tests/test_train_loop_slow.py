@@ -15,7 +15,7 @@ def test_short_stdlib_run_learns(tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = ["train", "--corpus", "stdlib", "--max-chars", "400000", "--max-vocab", "96", "--hidden", "96",
             "--batch", "32", "--seq-len", "64", "--steps", "300", "--lr", "4e-3", "--eval-every", "100",
-            "--eval-tokens", "20000", "--out", str(out), "--no-progress"]  # fmt: skip
+            "--check-tokens", "20000", "--eval-tokens", "20000", "--out", str(out), "--no-progress"]  # fmt: skip
     assert main(args) == 0
     vals = [r["val_nats_per_token"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
             if "val_nats_per_token" in r]  # fmt: skip

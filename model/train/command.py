@@ -22,7 +22,7 @@ from model.data.tokenizers import make_tokenizer
 from model.errors import EXIT_INTERRUPTED, CheckpointError, ConfigError
 from model.train.checkpoint import CHECKPOINT, CONFIG, METRICS, VOCAB, load_run, save_config, write_json_atomic
 from model.train.evaluate import EvalResult, evaluate, summary
-from model.train.loop import EVAL_SEQ_LEN, TrainConfig, already_finished, train
+from model.train.loop import EVAL_SEQ_LEN, EVAL_STREAMS, TrainConfig, already_finished, train
 from model.train.plots import learning_curve
 from model.train.progress import TrainProgress, eval_bar
 from model.train.stopping import Interrupted
@@ -161,7 +161,6 @@ def run_eval(a: argparse.Namespace) -> int:
     corpus = load_corpus(spec, max_chars=max_chars)
     assert run.tokenizer is not None
     ids = run.tokenizer.encode(corpus.val if a.split == "val" else corpus.train)
-    batch = int(run.train.get("batch") or 32)  # the streams of training's final evaluation: the same sample
     bar = eval_bar(0, enabled=not a.no_progress)
 
     def show(n: int, total: int) -> None:
@@ -169,7 +168,7 @@ def run_eval(a: argparse.Namespace) -> int:
         bar.update(n - bar.n)
 
     try:
-        v = evaluate(run.model, run.params, ids, batch, EVAL_SEQ_LEN, a.max_tokens, progress=show)
+        v = evaluate(run.model, run.params, ids, EVAL_STREAMS, EVAL_SEQ_LEN, a.max_tokens, progress=show)  # as training
     finally:
         bar.close()
     res = {"corpus": corpus.name, "split": a.split, "tokens": v.tokens, "split_tokens": len(ids)}
