@@ -13,7 +13,7 @@ PORT   ?= 50051
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,plot]'
+	$(PY) -m pip install -q -e '.[dev,plot,ray]'
 	@touch $(STAMP)
 
 install: $(STAMP)
