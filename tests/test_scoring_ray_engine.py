@@ -35,6 +35,7 @@ def ray_instance() -> Iterator[Any]:
         object_store_memory=128 << 20,
         logging_level=logging.ERROR,
         log_to_driver=False,
+        _system_config={"worker_niceness": 0},  # Ray's default, 15, starves the actors on a busy machine
     )
     yield ray
     ray.shutdown()

@@ -7,8 +7,10 @@ Three layers, each usable on its own:
 * :meth:`~service.scoring.scorer.Scorer.score_stream` scores any iterable of :class:`~service.scoring.inputs.Item` in
   bounded memory, yielding ``(item, score)`` in input order (see :mod:`service.scoring.scorer`);
 * :func:`main_score` is the command line: input parsing and errors (:mod:`service.scoring.inputs`), the JSONL
-  records (:mod:`service.scoring.records`), ``--resume``, the progress bar and the exit codes (0; 2 for a user
-  error, one line ``seqpred: error: ...``; 130 when interrupted).
+  records (:mod:`service.scoring.records`) or Parquet parts (:mod:`service.scoring.parquet`), ``--resume``, the
+  progress bar and the exit codes (0; 2 for a user error, one line ``seqpred: error: ...``; 130 when interrupted).
+  ``--engine ray`` runs the same reading, scoring and formatting as a Ray Data pipeline
+  (:mod:`service.scoring.ray_engine`) and writes with the same writers.
 
 Scores: ``token_logprobs[t] = log p(ids[t] | ids[:t])`` for ``t >= 1`` (the first token has no prediction, as in
 the service); a sequence's total is their sum, ``nats_per_token = -total / (n - 1)``, ``perplexity =

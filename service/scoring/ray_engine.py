@@ -40,6 +40,8 @@ from service.scoring.summary import Malformed, Summary
 #: Input bytes per read task (``--part-bytes``): the unit of parallel reading.
 PART_BYTES = 8 << 20
 RAY_MISSING = "--engine ray needs Ray: pip install 'seqpred[ray]'"
+#: Records in input order (``preserve_order``); False only to measure what order costs (bench/score_speed.py).
+PRESERVE_ORDER = True
 _META = ["_item", "_error", "_skipped", "_tokens", "_total"]
 
 
@@ -194,6 +196,9 @@ def run_on_ray(
     started = not ray.is_initialized()
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # its per-run INFO lines; errors still show
     if started:
+        # Ray runs its workers at nice 15; the local engine runs at the caller's priority, and so do the actors of
+        # an instance started here (this has no effect on a cluster that is already running).
+        os.environ.setdefault("RAY_worker_niceness", "0")
         try:
             ray.init(address=args.ray_address, include_dashboard=False, logging_level=logging.ERROR)
         except (ConnectionError, ValueError) as e:
@@ -201,7 +206,7 @@ def run_on_ray(
     ctx = ray.data.DataContext.get_current()
     saved = (ctx.execution_options.preserve_order, ctx.target_max_block_size, ctx.enable_progress_bars)
     try:
-        ctx.execution_options.preserve_order = True  # output in input order, streamed (see docs/scoring.md)
+        ctx.execution_options.preserve_order = PRESERVE_ORDER  # input order, streamed (see docs/scoring.md)
         ctx.target_max_block_size = max(job.window_tokens * 8, 4096)  # blocks of about a window of int64 ids
         ctx.enable_progress_bars = False
         actors = args.actors or max(1, int(ray.cluster_resources().get("CPU", 1) // job.intra_op_threads))
