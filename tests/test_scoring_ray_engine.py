@@ -13,7 +13,11 @@ import itertools
 import json
 import logging
 import math
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -173,6 +177,43 @@ def test_stdin_is_refused_before_ray_starts() -> None:
     rc, _, err = run_cli(["--model", str(tiny_model()), "-", "--engine", "ray"], stdin=b"the cat\n")
     assert rc == 2 and err.strip().startswith("seqpred: error: --engine ray: INPUT - (stdin)")
     assert "write it to a file" in err
+
+
+def test_no_cluster_at_ray_address_auto_is_one_line_exit_2(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    inp = tmp_path / "in.txt"
+    inp.write_text("the cat\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = str(tmp_path)  # where `auto` looks for a running instance: none there
+    argv = ["--model", str(tiny_model()), str(inp), "--engine", "ray", "--ray-address", "auto"]
+    p = subprocess.run(
+        [sys.executable, "-m", "service.scoring.cli", *argv], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.strip().splitlines()[-1].startswith("seqpred: error: --ray-address: cannot connect to 'auto' (")
+    assert "Could not find any running Ray instance" in p.stderr
+
+
+@pytest.mark.slow
+def test_the_command_starts_and_stops_its_own_instance(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    inp = tmp_path / "in.txt"
+    inp.write_text("the cat\n\nthe dog sat\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    short = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # sockets live below it: a path of at most 107 bytes
+    env["RAY_TMPDIR"] = short  # its own session directory, apart from any other instance
+    argv = ["--model", str(tiny_model()), str(inp), "--engine", "ray", "--per-token"]
+    try:
+        p = subprocess.run(
+            [sys.executable, "-m", "service.scoring.cli", *argv], env=env, capture_output=True, text=True, timeout=600
+        )
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+    assert p.returncode == 0, p.stderr
+    rc, want, err = run_cli([*argv[:3], "--per-token"])
+    assert rc == 0, err
+    assert_same(want, [json.loads(x) for x in p.stdout.splitlines()])
+    assert "seqpred score: 2 sequences" in p.stderr
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -201,8 +201,9 @@ def run_on_ray(
         os.environ.setdefault("RAY_worker_niceness", "0")
         try:
             ray.init(address=args.ray_address, include_dashboard=False, logging_level=logging.ERROR)
-        except (ConnectionError, ValueError) as e:
-            raise ConfigError(f"--ray-address: cannot connect to {args.ray_address!r} ({e})") from None
+        except (ConnectionError, ValueError, RuntimeError) as e:  # none there, a bad address, another Ray version
+            why = " ".join(str(e).split())[:300] or type(e).__name__
+            raise ConfigError(f"--ray-address: cannot connect to {args.ray_address!r} ({why})") from None
     ctx = ray.data.DataContext.get_current()
     saved = (ctx.execution_options.preserve_order, ctx.target_max_block_size, ctx.enable_progress_bars)
     try:
