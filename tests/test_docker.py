@@ -445,6 +445,7 @@ def test_image_installs_every_runtime_dependency() -> None:
             declared |= {_dist(a) for a in args if a and not a.startswith(("-", ".", "$"))}
     providers = importlib.metadata.packages_distributions()
     optional = {"matplotlib"}  # the plot extra: model/train/plots.py skips the figure without it
+    optional |= {"ray", "pyarrow"}  # the ray extra: only --engine ray / --out-format parquet, which say how to get it
     for mod in sorted(_third_party_imports() - optional):
         dists = {_dist(d) for d in providers.get(mod, [mod])}
         assert dists & declared, f"module {mod!r} (from {sorted(dists)}) is not installed in the image"

@@ -24,7 +24,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -216,7 +216,8 @@ def run_on_ray(
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.map_batches(read_parts, batch_size=1, batch_format="pyarrow", fn_kwargs={"job": job}, num_cpus=0)
         ds = ds.map_batches(
-            ScoreActor, fn_constructor_kwargs={"job": job}, batch_size=None, batch_format="pyarrow",
+            ScoreActor, fn_constructor_kwargs={"job": replace(job, done=frozenset())},  # (the ids: readers only)
+            batch_size=None, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=job.intra_op_threads,
         )  # fmt: skip
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
