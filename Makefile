@@ -14,7 +14,7 @@ PORT   ?= 50051
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,plot,import,torch,otel]'
+	$(PY) -m pip install -q -e '.[dev,plot,import,torch,otel,ray]'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -20,9 +20,20 @@ Timing: engines alternate within each round (so background load hits all alike);
 
     python bench/score_speed.py              # table
     python bench/score_speed.py --json       # ... and one JSON object on the last line
+    python bench/score_speed.py --engine ray --json   # seqpred score --engine ray vs --engine local (below)
 
-JSON keys: ``ratio`` (our tokens/s / the best PyTorch setting's; target >= 1.0), ``ratio_torch_default``,
-``ratio_native``, ``{engine}_tok_s`` per engine, per-workload ``{workload}_{engine}_tok_s``, the config and load.
+``--engine ray`` times the whole ``seqpred score`` command (JSONL in, JSONL out) on the same input (both workloads
+repeated ``--repeat`` times) with ``--engine local`` and ``--engine ray``, alternating, on one local Ray instance
+started once (``ray.init(num_cpus=cores)``, its start-up reported apart as ``ray_init_s``). Each Ray run pays
+its actors' start-up (``ray_fixed_s``: a run on a 20-line input); ``ray_steady_tokens_per_s`` leaves it out.
+``ray_unordered`` is the same run without ``preserve_order`` (what ordered output costs). The outputs are
+checked to hold the same ids in the same order and the same totals (1e-6) before anything is reported. JSON keys:
+``local_tokens_per_s``, ``ray_tokens_per_s``, ``ray_ratio`` (target >= 0.8), ``ray_steady_tokens_per_s``,
+``ray_steady_ratio``, ``ray_unordered_tokens_per_s``, ``ray_per_actor_tokens_per_s``, the times and the load.
+
+JSON keys (default engine): ``ratio`` (our tokens/s / the best PyTorch setting's; target >= 1.0),
+``ratio_torch_default``, ``ratio_native``, ``{engine}_tok_s`` per engine, per-workload
+``{workload}_{engine}_tok_s``, the config and load.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ import argparse
 import contextlib
 import io
 import json
+import logging
 import os
 import statistics
 import sys
@@ -125,9 +137,118 @@ def e2e(model_dir: Path, jsonl: Path, out: Path) -> float:
     return time.perf_counter() - t
 
 
+def score_cli(argv: list[str]) -> float:
+    """Seconds for ``seqpred score ARGV`` (in this process); exits on a non-zero exit code."""
+    t = time.perf_counter()
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main_score([*argv, "--overwrite", "--no-progress"])
+    if rc != 0:
+        raise SystemExit(f"seqpred score {' '.join(argv)} failed with exit code {rc}: {err.getvalue()[-2000:]}")
+    return time.perf_counter() - t
+
+
+def main_ray(a: argparse.Namespace, model_dir: Path, tmp: Path, data: dict[str, list[str]], n_tokens: int) -> int:
+    """``--engine ray``: the whole command, local engine vs Ray, on the same JSONL input (see the docstring)."""
+    import ray
+
+    import service.scoring.ray_engine as ray_engine
+
+    cores = usable_cores()
+    load0 = os.getloadavg()[0]
+    jsonl, tiny = tmp / "ray-input.jsonl", tmp / "tiny.jsonl"
+    rows = [s for _ in range(a.repeat) for v in data.values() for s in v]
+    jsonl.write_text("".join(json.dumps({"id": i, "text": s}) + "\n" for i, s in enumerate(rows)))
+    tiny.write_text("".join(json.dumps({"id": i, "text": s}) + "\n" for i, s in enumerate(rows[:20])))
+    tokens = n_tokens * a.repeat
+    t = time.perf_counter()
+    ray.init(
+        num_cpus=cores,
+        include_dashboard=False,
+        logging_level=logging.ERROR,
+        log_to_driver=False,
+        _system_config={"worker_niceness": 0},  # as seqpred score's own instance: the local engine runs at nice 0
+    )
+    init_s = time.perf_counter() - t
+    base = ["--model", str(model_dir)]
+    times: dict[str, list[float]] = {"local": [], "ray": [], "ray_unordered": [], "ray_fixed": []}
+    try:
+        for _ in range(a.rounds):
+            times["local"].append(score_cli([*base, str(jsonl), "--out", str(tmp / "local.jsonl")]))
+            times["ray"].append(score_cli([*base, str(jsonl), "--out", str(tmp / "ray.jsonl"), "--engine", "ray"]))
+            times["ray_fixed"].append(score_cli([*base, str(tiny), "--out", str(tmp / "t.jsonl"), "--engine", "ray"]))
+            ray_engine.PRESERVE_ORDER = False
+            try:
+                out = str(tmp / "unordered.jsonl")
+                times["ray_unordered"].append(score_cli([*base, str(jsonl), "--out", out, "--engine", "ray"]))
+            finally:
+                ray_engine.PRESERVE_ORDER = True
+        actors = int(ray.cluster_resources().get("CPU", 1))
+    finally:
+        ray.shutdown()
+    want = [json.loads(x) for x in (tmp / "local.jsonl").read_text().splitlines()]
+    got = [json.loads(x) for x in (tmp / "ray.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in got] == [r["id"] for r in want], "Ray's records are not the local engine's, in order"
+    diff = max(abs(x["total_logprob"] - y["total_logprob"]) for x, y in zip(want, got, strict=True))
+    assert diff <= 1e-6, f"Ray's totals differ from the local engine's by {diff:.3g}"
+    med = {k: statistics.median(v) for k, v in times.items()}
+    steady = tokens / max(med["ray"] - med["ray_fixed"], 1e-9)
+    res: dict[str, Any] = {
+        "local_tokens_per_s": tokens / med["local"],
+        "ray_tokens_per_s": tokens / med["ray"],
+        "ray_unordered_tokens_per_s": tokens / med["ray_unordered"],
+        "ray_steady_tokens_per_s": steady,
+        "ray_per_actor_tokens_per_s": steady / actors,
+        "ray_init_s": init_s,
+        "ray_fixed_s": med["ray_fixed"],
+        "local_s": med["local"],
+        "ray_s": med["ray"],
+    }
+    res["ray_ratio"] = res["ray_tokens_per_s"] / res["local_tokens_per_s"]
+    res["ray_steady_ratio"] = steady / res["local_tokens_per_s"]
+    res["ray_unordered_ratio"] = res["ray_unordered_tokens_per_s"] / res["local_tokens_per_s"]
+    res.update(
+        config=f"lstm L=1 H={H} E={E}",
+        sequences=len(rows),
+        tokens=tokens,
+        cores=cores,
+        actors=actors,
+        rounds=a.rounds,
+        ray=ray.__version__,
+        max_abs_diff_total_logprob=diff,
+        loadavg_start=round(load0, 2),
+        loadavg_end=round(os.getloadavg()[0], 2),
+    )
+    print(
+        f"seqpred score, --engine local vs ray, {res['config']}, {cores} cores, Ray {res['ray']} ({actors} actors); "
+        f"{len(rows):,} seqs / {tokens:,} tokens (JSONL in and out); median of {a.rounds} rounds; "
+        f"load average {res['loadavg_start']} -> {res['loadavg_end']}"
+    )
+    print(f"{'engine':<28}{'seconds':>10}{'tokens/s':>12}{'vs local':>10}")
+    print("-" * 60)
+    for name, key, secs in [
+        ("local", "local", med["local"]),
+        ("ray (ordered, the default)", "ray", med["ray"]),
+        ("ray, unordered", "ray_unordered", med["ray_unordered"]),
+        ("ray minus its fixed cost", "ray_steady", med["ray"] - med["ray_fixed"]),
+    ]:
+        rate = res[f"{key}_tokens_per_s"]
+        print(f"{name:<28}{secs:>10.2f}{rate:>12,.0f}{rate / res['local_tokens_per_s']:>10.2f}")
+    print(
+        f"ray_ratio = {res['ray_ratio']:.2f} (target >= 0.8); Ray start-up {init_s:.1f} s (once), fixed cost per "
+        f"run {med['ray_fixed']:.1f} s (actors); per actor {res['ray_per_actor_tokens_per_s']:,.0f} tokens/s; "
+        f"totals agree to {diff:.1g}"
+    )
+    if a.json:
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    ap.add_argument("--engine", default="local", choices=("local", "ray"), help="ray: the Ray engine vs local")
+    ap.add_argument("--repeat", type=int, default=10, help="--engine ray: the workloads repeated this many times")
     ap.add_argument("--lines", type=int, default=3000, help="sequences of the 'lines' workload")
     ap.add_argument("--chunks", type=int, default=500, help="256-token sequences of the 'chunks' workload")
     ap.add_argument("--rounds", type=int, default=3)
@@ -145,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = workloads(text, a.lines, a.chunks)
     seqs = {k: [tok.encode(s) for s in v] for k, v in data.items()}
     n_tokens = {k: int(sum(len(s) for s in v)) for k, v in seqs.items()}
+    if a.engine == "ray":
+        return main_ray(a, model_dir, tmp, data, sum(n_tokens.values()))
     jsonl = tmp / "input.jsonl"
     jsonl.write_text("".join(json.dumps({"id": i, "text": s}) + "\n" for v in data.values() for i, s in enumerate(v)))
 

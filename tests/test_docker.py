@@ -464,6 +464,7 @@ def test_image_installs_every_runtime_dependency() -> None:
     # answers with the pip command that installs safetensors (model/importers/torch_state.py); the otel extra:
     # --otel-endpoint says to install it (service/api/tracing.py imports it only then)
     optional = {"matplotlib", "safetensors", "opentelemetry"}
+    optional |= {"ray", "pyarrow"}  # the ray extra: only --engine ray / --out-format parquet, which say how to get it
     for mod in sorted(_third_party_imports() - optional):
         dists = {_dist(d) for d in providers.get(mod, [mod])}
         assert dists & declared, f"module {mod!r} (from {sorted(dists)}) is not installed in the image"

@@ -1,1 +1,1 @@
-"""Offline batch scoring: command, scorer, inputs, records, top-k. May import: model, cross-cutting modules."""
+"""Offline batch scoring, local or on Ray: command, scorer, inputs, records, top-k. May import: model, cross-cutting."""

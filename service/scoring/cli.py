@@ -7,8 +7,10 @@ Three layers, each usable on its own:
 * :meth:`~service.scoring.scorer.Scorer.score_stream` scores any iterable of :class:`~service.scoring.inputs.Item` in
   bounded memory, yielding ``(item, score)`` in input order (see :mod:`service.scoring.scorer`);
 * :func:`main_score` is the command line: input parsing and errors (:mod:`service.scoring.inputs`), the JSONL
-  records (:mod:`service.scoring.records`), ``--resume``, the progress bar and the exit codes (0; 2 for a user
-  error, one line ``seqpred: error: ...``; 130 when interrupted).
+  records (:mod:`service.scoring.records`) or Parquet parts (:mod:`service.scoring.parquet`), ``--resume``, the
+  progress bar and the exit codes (0; 2 for a user error, one line ``seqpred: error: ...``; 130 when interrupted).
+  ``--engine ray`` runs the same reading, scoring and formatting as a Ray Data pipeline
+  (:mod:`service.scoring.ray_engine`) and writes with the same writers.
 
 Scores: ``token_logprobs[t] = log p(ids[t] | ids[:t])`` for ``t >= 1`` (the first token has no prediction, as in
 the service); a sequence's total is their sum, ``nats_per_token = -total / (n - 1)``, ``perplexity =
@@ -23,17 +25,16 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from model.errors import EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, SeqpredError, report_error
 from service.scoring.inputs import FORMATS, ON_UNKNOWN, BadInput, Encoder, InputReader, Item, default_on_unknown
+from service.scoring.parquet import ParquetWriter, record_schema
+from service.scoring.ray_engine import PART_BYTES, import_ray, run_on_ray
 from service.scoring.records import RecordFormatter, RecordWriter, dumps
 from service.scoring.scorer import BATCH_TOKENS, CHUNK_LEN, MAX_BATCH, WINDOW_TOKENS, Scorer
-
-#: Warnings printed for skipped inputs before they are only counted.
-MAX_WARNINGS = 50
+from service.scoring.summary import Malformed, Summary
 
 # ----------------------------------------------------------------------------------------------------------------
 # Command line
@@ -81,6 +82,22 @@ def score_parser(prog: str = "seqpred score") -> argparse.ArgumentParser:
     p.add_argument("--chunk-len", type=int, default=CHUNK_LEN, help="longer sequences run in chunks of this many")
     p.add_argument("--window-tokens", type=int, default=WINDOW_TOKENS, help="tokens read ahead and reordered")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--out-format", default="jsonl", choices=("jsonl", "parquet"),
+        help="jsonl (default), or parquet: OUTPUT is a directory of part files (needs pyarrow: seqpred[ray])",
+    )  # fmt: skip
+    r = p.add_argument_group("--engine ray (docs/scoring.md, On Ray)")
+    r.add_argument(
+        "--engine", default="local", choices=("local", "ray"),
+        help="local: threads in this process (default); ray: a Ray Data pipeline with a pool of scoring actors",
+    )  # fmt: skip
+    r.add_argument(
+        "--ray-address", default=None, metavar="auto|ADDR",
+        help="the Ray cluster to join (auto: the one started on this machine); default: $RAY_ADDRESS, else a new "
+        "local instance",
+    )  # fmt: skip
+    r.add_argument("--actors", type=int, default=0, help="scoring actors (0 = one per CPU of the cluster)")
+    r.add_argument("--part-bytes", type=int, default=PART_BYTES, help="input bytes per Ray read task")
     return p
 
 
@@ -99,30 +116,6 @@ def default_model_dir() -> Path:
     return DEFAULT_MODEL_DIR
 
 
-@dataclass
-class Summary:
-    sequences: int = 0
-    tokens: int = 0
-    scored: int = 0
-    nats: float = 0.0
-    bad: int = 0
-    resumed: int = 0
-    seconds: float = 0.0
-
-    def line(self) -> str:
-        rate = f"{self.sequences / self.seconds:,.0f} seq/s, {self.tokens / self.seconds:,.0f} tokens/s"
-        mean = f"; {self.nats / self.scored:.4f} nats/token" if self.scored else ""
-        extra = ""
-        if self.bad:
-            extra += f"; {self.bad} malformed skipped"
-        if self.resumed:
-            extra += f"; {self.resumed} already in OUTPUT"
-        return (
-            f"seqpred score: {self.sequences:,} sequences, {self.tokens:,} tokens in {self.seconds:.2f} s "
-            f"({rate}){mean}{extra}"
-        )
-
-
 def _progress(enabled: bool, total: int | None) -> Any:
     from tqdm import tqdm
 
@@ -137,12 +130,30 @@ def _progress(enabled: bool, total: int | None) -> Any:
     )
 
 
+def open_writer(args: argparse.Namespace, stdout: Any) -> RecordWriter | ParquetWriter:
+    """OUTPUT's writer for ``--out-format``, with ``--resume``'s clean-up reported on stderr."""
+    if args.out_format == "parquet":
+        schema = record_schema(args.per_token, args.top_k, args.on_unknown != "error")
+        pq = ParquetWriter(args.out, schema, resume=args.resume, overwrite=args.overwrite)
+        for name in pq.dropped:
+            print(f"seqpred: warning: --out: removed {name}, left incomplete by an interrupted run", file=sys.stderr)
+        return pq
+    writer = RecordWriter(args.out, resume=args.resume, overwrite=args.overwrite, stdout=stdout)
+    if writer.dropped_bytes:
+        print(
+            f"seqpred: warning: --out: dropped an incomplete last line ({writer.dropped_bytes} bytes) "
+            "left by an interrupted run",
+            file=sys.stderr,
+        )
+    return writer
+
+
 def run_score(args: argparse.Namespace, stdin: Any = None, stdout: Any = None) -> int:
     """The ``score`` command on parsed arguments; raises SeqpredError for user errors."""
     if args.window_tokens < 1:
         raise ConfigError(f"--window-tokens: must be >= 1, got {args.window_tokens}")
     model_dir = Path(args.model) if args.model else default_model_dir()
-    scorer = Scorer(
+    scorer = Scorer(  # with --engine ray: checks the model and the flags here, once, before Ray starts
         model_dir,
         top_k=args.top_k,
         threads=args.threads,
@@ -155,23 +166,45 @@ def run_score(args: argparse.Namespace, stdin: Any = None, stdout: Any = None) -
     assert tok is not None
     if args.allow_unknown and args.on_unknown not in (None, "unk"):
         raise ConfigError(f"--allow-unknown: means --on-unknown unk, but --on-unknown {args.on_unknown} was given")
-    on_unknown = "unk" if args.allow_unknown else args.on_unknown or default_on_unknown(tok)
-    encoder = Encoder(tok, on_unknown)
-    writer = RecordWriter(args.out, resume=args.resume, overwrite=args.overwrite, stdout=stdout)
-    if writer.dropped_bytes:
-        print(
-            f"seqpred: warning: --out: dropped an incomplete last line ({writer.dropped_bytes} bytes) "
-            "left by an interrupted run",
-            file=sys.stderr,
-        )
-    reader = InputReader(args.input, args.format, encoder, stdin=stdin)
-    fmt = RecordFormatter(
-        [tok.token_text(i) for i in range(tok.vocab_size)], args.per_token, args.top_k, on_unknown != "error"
-    )
+    args.on_unknown = "unk" if args.allow_unknown else args.on_unknown or default_on_unknown(tok)
+    encoder = Encoder(tok, args.on_unknown)
+    if args.engine == "ray":
+        import_ray()  # the one-line error when Ray is missing, before OUTPUT is touched
+    writer = open_writer(args, stdout)
     summary = Summary()
-    failure: list[BadInput] = []
     t0 = time.perf_counter()
-    bar = _progress(not args.no_progress, reader.total)
+    bar = _progress(not args.no_progress, None)
+    malformed = Malformed(args.on_error, lambda line: bar.write(line, file=sys.stderr))
+    ok = False
+    try:
+        if args.engine == "ray":
+            run_on_ray(args, model_dir, encoder, writer, summary, malformed, bar.update)
+        else:
+            _score_local(args, scorer, encoder, writer, summary, malformed, bar, stdin)
+        ok = not malformed.error()
+    finally:
+        bar.close()
+        writer.close(ok)  # a failed run leaves no OUTPUT it created empty
+    summary.bad = malformed.count
+    summary.seconds = max(time.perf_counter() - t0, 1e-9)
+    print(summary.line(), file=sys.stderr)
+    error = malformed.error()
+    if error:
+        raise SeqpredError(error)
+    return 0
+
+
+def _score_local(
+    args: argparse.Namespace,
+    scorer: Scorer,
+    encoder: Encoder,
+    writer: RecordWriter | ParquetWriter,
+    summary: Summary,
+    malformed: Malformed,
+    bar: Any,
+    stdin: Any,
+) -> None:
+    """``--engine local``: read in this thread, score on the scorer's worker threads, write in input order."""
 
     def already_done(key: str) -> bool:  # --resume: a sequence OUTPUT holds counts as done on the bar
         if key in writer.done:
@@ -179,50 +212,37 @@ def run_score(args: argparse.Namespace, stdin: Any = None, stdout: Any = None) -
             return True
         return False
 
-    reader.skip = already_done if writer.done else None  # (no id canonicalization unless resuming)
+    skip = already_done if writer.done else None  # (no id canonicalization unless resuming)
+    reader = InputReader(args.input, args.format, encoder, skip=skip, stdin=stdin)
+    bar.reset(total=reader.total)
+    tok = encoder.tokenizer
+    fmt = RecordFormatter(
+        [tok.token_text(i) for i in range(tok.vocab_size)], args.per_token, args.top_k, args.on_unknown != "error"
+    )
+    encode: Any = dumps if isinstance(writer, RecordWriter) else (lambda rec: rec)
 
     def items() -> Iterator[Item]:
         for x in reader:
             if isinstance(x, BadInput):
-                if args.on_error == "fail":
-                    failure.append(x)
+                if not malformed(x):
                     return
-                summary.bad += 1
-                if summary.bad <= MAX_WARNINGS:
-                    bar.write(f"seqpred: warning: {x} (skipped)", file=sys.stderr)
-                elif summary.bad == MAX_WARNINGS + 1:
-                    bar.write("seqpred: warning: more malformed inputs; only counting them now", file=sys.stderr)
                 continue
             yield x
 
-    lines: list[str] = []
-    last_flush = t0
-    ok = False
-    try:
-        for item, s in scorer.score_stream(items(), window_tokens=args.window_tokens):
-            lines.append(dumps(fmt(item, s)))
-            summary.sequences += 1
-            summary.tokens += s.num_tokens
-            summary.scored += max(s.num_tokens - 1, 0)
-            summary.nats -= s.total_logprob
-            bar.update(1)
-            now = time.perf_counter()
-            if len(lines) >= 256 or now - last_flush > 0.5:
-                writer.write(lines)
-                lines = []
-                last_flush = now
-                bar.set_postfix_str(f"{summary.tokens / max(now - t0, 1e-9):,.0f} tok/s", refresh=False)
-        writer.write(lines)
-        ok = not failure
-    finally:
-        bar.close()
-        writer.close(ok)
+    out: list[Any] = []
+    t0 = last_flush = time.perf_counter()
+    for item, s in scorer.score_stream(items(), window_tokens=args.window_tokens):
+        out.append(encode(fmt(item, s)))
+        summary.add(s.num_tokens, s.total_logprob)
+        bar.update(1)
+        now = time.perf_counter()
+        if len(out) >= 256 or now - last_flush > 0.5:
+            writer.write(out)
+            out = []
+            last_flush = now
+            bar.set_postfix_str(f"{summary.tokens / max(now - t0, 1e-9):,.0f} tok/s", refresh=False)
+    writer.write(out)
     summary.resumed = reader.skipped
-    summary.seconds = max(time.perf_counter() - t0, 1e-9)
-    print(summary.line(), file=sys.stderr)
-    if failure:
-        raise SeqpredError(f"{failure[0]} (pass --on-error skip to skip malformed inputs)")
-    return 0
 
 
 def main_score(argv: Sequence[str] | None = None, stdin: Any = None, stdout: Any = None) -> int:

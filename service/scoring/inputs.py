@@ -169,12 +169,28 @@ def _strip_newline(raw: bytes) -> bytes:
     return raw
 
 
+@dataclass(frozen=True)
+class Part:
+    """A slice of one INPUT that can be read on its own (``--engine ray`` reads parts in parallel).
+
+    A file: the lines starting in bytes ``[start, stop)`` (``stop`` None: to the end), the first of them line
+    ``first_line`` (cut points are line starts, so ids stay line numbers). A directory: the files ``files`` (paths
+    relative to it), or all of them when None.
+    """
+
+    start: int = 0
+    stop: int | None = None
+    first_line: int = 1
+    files: tuple[str, ...] | None = None
+
+
 class InputReader:
-    """Iterates the sequences of one INPUT as :class:`Item` or :class:`BadInput`, in input order.
+    """Iterates the sequences of one INPUT (or one :class:`Part` of it) as :class:`Item` or :class:`BadInput`, in
+    input order.
 
     ``skip(key)`` (with :func:`id_key`) is asked before a sequence is tokenized; skipped sequences are counted in
     :attr:`skipped` and not yielded (``--resume``). :attr:`total` is the number of sequences when known up front
-    (directories), else None.
+    (directories), else None. ``name`` is the INPUT as the messages name it (default: ``path``).
     """
 
     def __init__(
@@ -184,6 +200,8 @@ class InputReader:
         encoder: Encoder,
         skip: Callable[[str], bool] | None = None,
         stdin: IO[bytes] | None = None,
+        part: Part | None = None,
+        name: str | None = None,
     ) -> None:
         self.path = path
         self.kind = input_format(path, fmt)
@@ -191,8 +209,13 @@ class InputReader:
         self.skip = skip
         self.stdin = stdin
         self.skipped = 0
-        self.name = "<stdin>" if path == STDIN else path
-        self._files: list[Path] | None = _list_files(Path(path)) if self.kind == "dir" else None
+        self.part = part or Part()
+        self.name = name or ("<stdin>" if path == STDIN else path)
+        self._files: list[Path] | None = None
+        if self.kind == "dir":
+            root = Path(path)
+            files = self.part.files
+            self._files = list_files(root) if files is None else [root / f for f in files]
         self.total: int | None = None if self._files is None else len(self._files)
 
     def __iter__(self) -> Iterator[Item | BadInput]:
@@ -211,8 +234,14 @@ class InputReader:
         f = self._open()
         parse = self._jsonl if self.kind == "jsonl" else self._text
         index = 0
+        pos, stop = self.part.start, self.part.stop
+        if pos:
+            f.seek(pos)
         try:
-            for lineno, raw in enumerate(f, start=1):
+            for lineno, raw in enumerate(f, start=self.part.first_line):
+                if stop is not None and pos >= stop:
+                    break
+                pos += len(raw)
                 body = _strip_newline(raw)
                 if not body.strip():
                     continue
@@ -289,7 +318,7 @@ class InputReader:
             index += 1
 
 
-def _list_files(root: Path) -> list[Path]:
+def list_files(root: Path) -> list[Path]:
     """Regular files below ``root``, sorted by relative path, skipping hidden files and directories."""
     out: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -306,7 +335,9 @@ __all__ = [
     "Encoder",
     "InputReader",
     "Item",
+    "Part",
     "default_on_unknown",
     "id_key",
     "input_format",
+    "list_files",
 ]
