@@ -161,6 +161,20 @@ def test_parquet_directory_resume_equals_the_local_engine(
     assert_same(table(tmp_path / "local"), table(out))
 
 
+@pytest.mark.parametrize(
+    ("flags", "want"), [(["--actors", "3"], "3 actor(s) of 1"), (["--intra-op-threads", "3"], "1 actor(s) of 3")]
+)
+def test_more_actors_than_cpus_is_one_line_exit_2(
+    ray_instance: Any, tmp_path: Path, flags: list[str], want: str
+) -> None:
+    inp = tmp_path / "in.txt"
+    inp.write_text("the cat\n")
+    rc, recs, err = run_cli(["--model", str(tiny_model()), str(inp), "--engine", "ray", *flags])
+    assert rc == 2 and recs == []
+    tail = "CPU(s) each (--intra-op-threads) need more than the 2 CPUs of the cluster"
+    assert err.strip() == f"seqpred: error: --actors: {want} {tail}"
+
+
 def test_without_ray_one_line_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError, as when it is not installed
     inp = tmp_path / "in.txt"

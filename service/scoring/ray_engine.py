@@ -210,7 +210,13 @@ def run_on_ray(
         ctx.execution_options.preserve_order = PRESERVE_ORDER  # input order, streamed (see docs/scoring.md)
         ctx.target_max_block_size = max(job.window_tokens * 8, 4096)  # blocks of about a window of int64 ids
         ctx.enable_progress_bars = False
-        actors = args.actors or max(1, int(ray.cluster_resources().get("CPU", 1) // job.intra_op_threads))
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        actors = args.actors or max(1, cpus // job.intra_op_threads)
+        if actors * job.intra_op_threads > cpus:  # Ray would wait for them for ever
+            raise ConfigError(
+                f"--actors: {actors} actor(s) of {job.intra_op_threads} CPU(s) each (--intra-op-threads) need more "
+                f"than the {cpus} CPUs of the cluster"
+            )
         actors = min(actors, max(1, -(-size // job.window_tokens)))  # no more actors than blocks (~1 byte/token)
         items = [{"part": json.dumps(asdict(p))} for p in parts]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
