@@ -220,7 +220,13 @@ def run_on_ray(
         actors = min(actors, max(1, -(-size // job.window_tokens)))  # no more actors than blocks (~1 byte/token)
         items = [{"part": json.dumps(asdict(p))} for p in parts]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.map_batches(read_parts, batch_size=1, batch_format="pyarrow", fn_kwargs={"job": job}, num_cpus=0)
+        # Readers take no CPU of their own (the actors have them all) and a few suffice: one reads ~40 actors' worth
+        readers = max(1, actors // 4)
+        pool = {"compute": ray.data.TaskPoolStrategy(size=readers)} if hasattr(ray.data, "TaskPoolStrategy") else {}
+        ds = ds.map_batches(
+            read_parts, batch_size=1, batch_format="pyarrow", fn_kwargs={"job": job}, num_cpus=0,
+            **(pool or {"concurrency": readers}),  # (Ray 2.44 has no TaskPoolStrategy)
+        )  # fmt: skip
         ds = ds.map_batches(
             ScoreActor, fn_constructor_kwargs={"job": replace(job, done=frozenset())},  # (the ids: readers only)
             batch_size=None, batch_format="pyarrow",
