@@ -33,14 +33,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
+from harness.cpu import cpu_all, cpu_self
 from harness.export_floor import floor_sequence_model
 
 from model import network
@@ -51,20 +50,6 @@ from model.export.native import native_sequence_model, native_step_model
 V, E, H = 65, 64, 256
 SEQ_B, SEQ_T = 32, 128
 CORPUS = Path("/work/shared/data/tinyshakespeare.txt")
-
-
-def cpu_self() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def cpu_all() -> float:
-    """Busy CPU seconds of the whole machine since boot (from /proc/stat; 0 where unavailable)."""
-    try:
-        f = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except OSError:
-        return 0.0
-    return (sum(f) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def block(sess: Any, feeds: dict[str, np.ndarray], n: int) -> float:

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from harness.cpu import cpu_all, cpu_self
 from onnx import TensorProto, helper, numpy_helper
 
 from model.export import make_session
@@ -109,19 +108,6 @@ def steppers(src: Path, out: Path, B: int, threads: int) -> dict[str, Stepper]:
         "source": Stepper(theirs, "x", {n: f"{n}_n" for n in names}, (1, B, H), B),
         "seqpred": Stepper(ours, "tokens", {n: f"{n}_out" for n in names}, (B, H), B),
     }
-
-
-def cpu_self() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def cpu_all() -> float:
-    try:
-        f = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except OSError:
-        return 0.0
-    return (sum(f) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def block(st: Stepper, tokens: np.ndarray, n: int) -> float:
